@@ -1,0 +1,12 @@
+//! badge-agent: the gateway's edge agent.
+//!
+//! The modules follow a swipe through the agent:
+//! readers → [`buffer`] (durable sled write-ahead buffer) → [`drain`] (exactly-once state machine)
+//! → [`snowpipe`] (Snowpipe Streaming v2 client) — with [`update`] for signed field updates and
+//! [`cli`] as the command-line edge.
+
+pub mod buffer;
+pub mod cli;
+pub mod drain;
+pub mod snowpipe;
+pub mod update;

@@ -1,0 +1,1 @@
+//! snowpipe (in progress).

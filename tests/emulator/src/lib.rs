@@ -1,0 +1,1 @@
+//! A local Snowpipe Streaming v2 emulator.

@@ -1,0 +1,2 @@
+//! `snowpipe-emulator`: run the emulator on loopback.
+fn main() {}

@@ -1,0 +1,1 @@
+//! Simulators and helpers shared by badge-gateway's end-to-end tests.
