@@ -1,0 +1,1063 @@
+//! The agent's configuration: one TOML file, `/etc/badge-agent/config.toml` by default.
+//!
+//! Parsing is two-step: serde reads the file into plain structs (unknown keys are errors, so a
+//! typo never silently falls back to a default), then [`Config::validate`] checks what serde
+//! cannot and turns each reader into a typed [`ReaderSpec`]. Every error names the key and says
+//! how to fix it, because the person reading it is a field technician with a terminal.
+//!
+//! ```toml
+//! gateway_id = "gw-lobby-01"
+//!
+//! [buffer]
+//! path = "/var/lib/badge-agent/buffer"
+//!
+//! [snowflake]
+//! account = "myorg-myaccount"
+//! user = "BADGE_INGEST"
+//! role = "BADGE_INGEST_ROLE"
+//! private_key_file = "/etc/badge-agent/rsa_key.p8"
+//! database = "BADGE_DB"
+//! schema = "RAW_INGESTION"
+//! pipe = "BADGE_EVENTS_PIPE"
+//!
+//! [[reader]]
+//! id = "lobby-in"
+//! kind = "serial"
+//! device = "/dev/ttyUSB0"
+//! framing = "rdm6300"
+//! zone = "lobby"
+//! door = "front"
+//! direction = "in"
+//! ```
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Where the service looks for its configuration unless told otherwise.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/badge-agent/config.toml";
+/// Buffer location when neither the file nor systemd's `$STATE_DIRECTORY` says otherwise.
+pub const DEFAULT_BUFFER_PATH: &str = "/var/lib/badge-agent/buffer";
+/// Metrics and health listener: loopback only unless the operator decides otherwise.
+pub const DEFAULT_HEALTH_LISTEN: &str = "127.0.0.1:9464";
+
+/// A configuration problem, phrased for the person who has to fix the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read at all.
+    #[error("cannot read config file {path}: {source}; fix: check the path, or pass --config")]
+    Read {
+        /// The file that was asked for.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has a key of the wrong type or an unknown key.
+    #[error("config file {path} is not valid: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, which names the key and the line.
+        message: String,
+    },
+    /// A key has a value the agent cannot use.
+    #[error("config key `{key}`: {problem}; fix: {fix}")]
+    Invalid {
+        /// Dotted path of the key, e.g. `reader[1].device`.
+        key: String,
+        /// What is wrong.
+        problem: String,
+        /// What to do about it.
+        fix: String,
+    },
+}
+
+impl ConfigError {
+    fn invalid(key: impl Into<String>, problem: impl Into<String>, fix: impl Into<String>) -> Self {
+        Self::Invalid {
+            key: key.into(),
+            problem: problem.into(),
+            fix: fix.into(),
+        }
+    }
+}
+
+/// The whole file as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Stable id of this gateway; names the Snowpipe channel and prefixes every `event_id`.
+    pub gateway_id: String,
+    /// The durable swipe buffer.
+    #[serde(default)]
+    pub buffer: BufferConfig,
+    /// Where swipes go. Optional so a gateway can be staged and tested offline first.
+    pub snowflake: Option<SnowflakeConfig>,
+    /// Metrics and health endpoints.
+    #[serde(default)]
+    pub health: HealthConfig,
+    /// The readers attached to this gateway.
+    #[serde(default, rename = "reader")]
+    pub readers: Vec<ReaderConfig>,
+}
+
+/// `[buffer]`: the sled write-ahead buffer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BufferConfig {
+    /// Directory of the sled database. Defaults to `$STATE_DIRECTORY/buffer` under systemd.
+    pub path: Option<PathBuf>,
+    /// Size on disk at which the full policy applies.
+    #[serde(default = "BufferConfig::default_max_bytes")]
+    pub max_bytes: u64,
+    /// What happens when the buffer is full.
+    #[serde(default)]
+    pub full_policy: FullPolicy,
+    /// sled page cache; sled 0.34 defaults to 1 GiB, far too much for a Pi.
+    #[serde(default = "BufferConfig::default_cache_bytes")]
+    pub cache_bytes: u64,
+    /// Group commit: most swipes made durable by one flush + fsync.
+    #[serde(default = "BufferConfig::default_group_max_records")]
+    pub group_commit_max_records: usize,
+    /// Group commit: longest a swipe waits for companions before its batch is flushed.
+    #[serde(default = "BufferConfig::default_group_max_delay_ms")]
+    pub group_commit_max_delay_ms: u64,
+}
+
+impl BufferConfig {
+    fn default_max_bytes() -> u64 {
+        512 * 1024 * 1024
+    }
+    fn default_cache_bytes() -> u64 {
+        8 * 1024 * 1024
+    }
+    fn default_group_max_records() -> usize {
+        256
+    }
+    fn default_group_max_delay_ms() -> u64 {
+        5
+    }
+
+    /// The buffer directory: the configured one, else `$STATE_DIRECTORY/buffer`, else the default.
+    pub fn resolved_path(&self) -> PathBuf {
+        if let Some(path) = &self.path {
+            return path.clone();
+        }
+        // systemd may pass several directories separated by ':'; ours is the first.
+        match std::env::var_os("STATE_DIRECTORY") {
+            Some(dirs) => {
+                let dirs = dirs.to_string_lossy().into_owned();
+                let first = dirs.split(':').next().unwrap_or_default();
+                Path::new(first).join("buffer")
+            }
+            None => PathBuf::from(DEFAULT_BUFFER_PATH),
+        }
+    }
+}
+
+impl Default for BufferConfig {
+    fn default() -> Self {
+        Self {
+            path: None,
+            max_bytes: Self::default_max_bytes(),
+            full_policy: FullPolicy::default(),
+            cache_bytes: Self::default_cache_bytes(),
+            group_commit_max_records: Self::default_group_max_records(),
+            group_commit_max_delay_ms: Self::default_group_max_delay_ms(),
+        }
+    }
+}
+
+/// What the buffer does once it reaches `max_bytes`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FullPolicy {
+    /// Keep every buffered swipe; refuse (and count) new ones until the drain makes room.
+    #[default]
+    RefuseNew,
+    /// Make room by dropping the oldest buffered swipes (counted as dropped).
+    DropOldest,
+}
+
+/// `[snowflake]`: the account and pipe swipes land in.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnowflakeConfig {
+    /// Account identifier, e.g. `myorg-myaccount` (org-account form) or `xy12345.us-east-1`.
+    pub account: String,
+    /// Account URL; defaults to `https://<account>.snowflakecomputing.com`.
+    pub url: Option<String>,
+    /// The ingest service user (key-pair authentication).
+    pub user: String,
+    /// Role with INSERT on the table and OPERATE on the pipe.
+    pub role: Option<String>,
+    /// PKCS#8 PEM private key; must not be readable by group or others.
+    pub private_key_file: PathBuf,
+    /// Database of the pipe.
+    pub database: String,
+    /// Schema of the pipe.
+    pub schema: String,
+    /// The pipe (or the default `<TABLE>-STREAMING` pipe).
+    pub pipe: String,
+    /// Channel name; defaults to the gateway id. One channel per gateway keeps order and resume.
+    pub channel: Option<String>,
+    /// Extra PEM CA bundle trusted in addition to the system roots (TLS interception proxies).
+    pub extra_ca_file: Option<PathBuf>,
+    /// HTTPS proxy URL; overrides `HTTPS_PROXY`.
+    pub proxy: Option<String>,
+    /// Body compression for appends.
+    #[serde(default)]
+    pub compression: Compression,
+    /// Per-request timeout.
+    #[serde(default = "SnowflakeConfig::default_timeout_secs")]
+    pub request_timeout_secs: u64,
+}
+
+impl SnowflakeConfig {
+    fn default_timeout_secs() -> u64 {
+        30
+    }
+
+    /// The account URL the client talks to.
+    pub fn account_url(&self) -> String {
+        match &self.url {
+            Some(url) => url.clone(),
+            None => format!("https://{}.snowflakecomputing.com", self.account),
+        }
+    }
+
+    /// The channel this gateway appends to.
+    pub fn channel_name<'a>(&'a self, gateway_id: &'a str) -> &'a str {
+        self.channel.as_deref().unwrap_or(gateway_id)
+    }
+}
+
+/// Append body compression.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Compression {
+    /// zstd, what the official client sends.
+    #[default]
+    Zstd,
+    /// gzip.
+    Gzip,
+    /// No compression (debugging).
+    None,
+}
+
+/// `[health]`: the metrics and health listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    /// Address of `/metrics`, `/livez`, `/readyz`, `/status`. Keep it on loopback.
+    #[serde(default = "HealthConfig::default_listen")]
+    pub listen: String,
+}
+
+impl HealthConfig {
+    fn default_listen() -> String {
+        DEFAULT_HEALTH_LISTEN.to_owned()
+    }
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            listen: Self::default_listen(),
+        }
+    }
+}
+
+/// Which kind of reader a `[[reader]]` entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReaderKind {
+    /// A UART reader (RDM6300, ID-12LA, Wiegand-to-serial converter, ASCII line reader).
+    Serial,
+    /// A Wiegand reader on two GPIO lines.
+    Wiegand,
+    /// Generated badges, for the demo and tests.
+    Simulated,
+}
+
+impl fmt::Display for ReaderKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Serial => "serial",
+            Self::Wiegand => "wiegand",
+            Self::Simulated => "simulated",
+        })
+    }
+}
+
+/// Direction of travel through the reader's door.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// Entering the zone.
+    In,
+    /// Leaving the zone.
+    Out,
+}
+
+impl Direction {
+    /// The value written in the row's `direction` field.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::In => "in",
+            Self::Out => "out",
+        }
+    }
+}
+
+/// One `[[reader]]` entry as written. Kind-specific keys are checked by [`Config::validate`].
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReaderConfig {
+    /// Unique id of the reader on this gateway.
+    pub id: String,
+    /// serial, wiegand or simulated.
+    pub kind: ReaderKind,
+    /// Zone the reader guards.
+    pub zone: Option<String>,
+    /// Door the reader is mounted at.
+    pub door: Option<String>,
+    /// `in` or `out`.
+    pub direction: Option<Direction>,
+    /// Same-credential re-arm interval of duplicate suppression.
+    #[serde(default = "ReaderConfig::default_dedup_ms")]
+    pub dedup_window_ms: u64,
+
+    /// serial: the device, e.g. `/dev/ttyUSB0` or `/dev/serial/by-id/...`.
+    pub device: Option<PathBuf>,
+    /// serial: baud rate (default 9600).
+    pub baud: Option<u32>,
+    /// serial: `rdm6300`, `id12` or `line`.
+    pub framing: Option<SerialFraming>,
+    /// serial line framing: terminator `cr`, `lf`, `crlf` or `etx`.
+    pub line_terminator: Option<LineTerminator>,
+    /// serial line framing: lines are wrapped in STX … ETX.
+    pub line_stx: Option<bool>,
+    /// serial line framing: `hex` or `decimal` payload.
+    pub line_radix: Option<LineRadix>,
+    /// serial line framing: longest accepted line.
+    pub line_max_len: Option<usize>,
+    /// serial line framing: a partial line is discarded after this much silence.
+    pub line_timeout_ms: Option<u64>,
+
+    /// wiegand: GPIO chip, e.g. `/dev/gpiochip0`.
+    pub chip: Option<PathBuf>,
+    /// wiegand: line offset of D0.
+    pub d0: Option<u32>,
+    /// wiegand: line offset of D1.
+    pub d1: Option<u32>,
+    /// wiegand / simulated: card format name (`h10301`, `auto`, ...).
+    pub format: Option<String>,
+    /// wiegand: end-of-frame silence (default 30 ms).
+    pub frame_timeout_ms: Option<u64>,
+
+    /// simulated: swipes per second.
+    pub rate_per_sec: Option<f64>,
+    /// simulated: stop after this many swipes (default: run forever).
+    pub count: Option<u64>,
+    /// simulated: facility code of the generated cards.
+    pub facility: Option<u32>,
+    /// simulated: how many distinct card numbers to cycle through.
+    pub population: Option<u32>,
+}
+
+impl ReaderConfig {
+    fn default_dedup_ms() -> u64 {
+        1500
+    }
+}
+
+/// Serial framings the agent knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SerialFraming {
+    /// RDM6300 and EM4100 modules (14-byte ASCII or 13-byte binary checksum frames).
+    Rdm6300,
+    /// ID Innovations ID-12LA / ID-20LA (16 bytes with CR LF).
+    Id12,
+    /// A configurable line reader for converters and ASCII readers.
+    Line,
+}
+
+/// End of a line for the line framing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LineTerminator {
+    /// `\r`
+    Cr,
+    /// `\n`
+    Lf,
+    /// `\r\n`
+    Crlf,
+    /// 0x03
+    Etx,
+}
+
+/// How the line framing reads the number on a line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LineRadix {
+    /// Hexadecimal digits.
+    Hex,
+    /// Decimal digits.
+    Decimal,
+}
+
+/// A validated reader: common settings plus what its kind needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReaderSpec {
+    /// Unique id on this gateway.
+    pub id: String,
+    /// Zone the reader guards.
+    pub zone: Option<String>,
+    /// Door the reader is at.
+    pub door: Option<String>,
+    /// Direction of travel.
+    pub direction: Option<Direction>,
+    /// Same-credential re-arm interval.
+    pub dedup_window: Duration,
+    /// Kind-specific settings.
+    pub source: ReaderSource,
+}
+
+/// Kind-specific, validated reader settings.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReaderSource {
+    /// A UART reader.
+    Serial {
+        /// Device path.
+        device: PathBuf,
+        /// Baud rate.
+        baud: u32,
+        /// Framing.
+        framing: SerialFraming,
+        /// Line framing settings (used when `framing` is `Line`).
+        line: LineSettings,
+    },
+    /// A Wiegand reader on GPIO.
+    Wiegand {
+        /// GPIO character device.
+        chip: PathBuf,
+        /// Line offset of D0.
+        d0: u32,
+        /// Line offset of D1.
+        d1: u32,
+        /// Card format name.
+        format: String,
+        /// End-of-frame silence.
+        frame_timeout: Duration,
+    },
+    /// Generated badges.
+    Simulated {
+        /// Swipes per second.
+        rate_per_sec: f64,
+        /// Stop after this many (None: forever).
+        count: Option<u64>,
+        /// Facility code.
+        facility: u32,
+        /// Distinct card numbers.
+        population: u32,
+    },
+}
+
+/// Settings of the line framing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LineSettings {
+    /// Line terminator.
+    pub terminator: LineTerminator,
+    /// STX … ETX wrapping.
+    pub stx: bool,
+    /// Payload radix.
+    pub radix: LineRadix,
+    /// Longest accepted line.
+    pub max_len: usize,
+    /// Partial-line timeout.
+    pub timeout: Duration,
+}
+
+impl Default for LineSettings {
+    fn default() -> Self {
+        Self {
+            terminator: LineTerminator::Cr,
+            stx: false,
+            radix: LineRadix::Hex,
+            max_len: 64,
+            timeout: Duration::from_millis(100),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a file.
+    pub fn load(path: &Path) -> Result<(Self, Vec<ReaderSpec>), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let config = Self::parse(&text).map_err(|err| match err {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            },
+            other => other,
+        })?;
+        let readers = config.validate()?;
+        Ok((config, readers))
+    }
+
+    /// Parses TOML text without the semantic checks of [`Config::validate`].
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|err| ConfigError::Parse {
+            path: PathBuf::from("<config>"),
+            message: err.to_string().trim_end().to_owned(),
+        })
+    }
+
+    /// Checks everything serde cannot and returns the typed readers.
+    pub fn validate(&self) -> Result<Vec<ReaderSpec>, ConfigError> {
+        check_id("gateway_id", &self.gateway_id)?;
+        self.buffer.validate()?;
+        if let Some(snowflake) = &self.snowflake {
+            snowflake.validate(&self.gateway_id)?;
+        }
+        self.health.listen.parse::<SocketAddr>().map_err(|_| {
+            ConfigError::invalid(
+                "health.listen",
+                format!("`{}` is not an IP address and port", self.health.listen),
+                "write it like 127.0.0.1:9464",
+            )
+        })?;
+        if self.readers.is_empty() {
+            return Err(ConfigError::invalid(
+                "reader",
+                "no [[reader]] entries",
+                "add at least one [[reader]] table (kind = \"serial\", \"wiegand\" or \"simulated\")",
+            ));
+        }
+        let mut seen = HashSet::new();
+        let mut specs = Vec::with_capacity(self.readers.len());
+        for (index, reader) in self.readers.iter().enumerate() {
+            let key = format!("reader[{index}]");
+            if !seen.insert(reader.id.as_str()) {
+                return Err(ConfigError::invalid(
+                    format!("{key}.id"),
+                    format!("reader id `{}` is used twice", reader.id),
+                    "give every reader its own id",
+                ));
+            }
+            specs.push(reader.validate(&key)?);
+        }
+        Ok(specs)
+    }
+}
+
+impl BufferConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        const MIB: u64 = 1024 * 1024;
+        if self.max_bytes < 16 * MIB {
+            return Err(ConfigError::invalid(
+                "buffer.max_bytes",
+                format!(
+                    "{} bytes is too small to ride out an outage",
+                    self.max_bytes
+                ),
+                "use at least 16777216 (16 MiB); 536870912 (512 MiB) is the default",
+            ));
+        }
+        if !(MIB..=64 * MIB).contains(&self.cache_bytes) {
+            return Err(ConfigError::invalid(
+                "buffer.cache_bytes",
+                format!("{} bytes is outside 1 MiB ..= 64 MiB", self.cache_bytes),
+                "keep sled's cache small on a gateway; 8388608 (8 MiB) is the default",
+            ));
+        }
+        if !(1..=10_000).contains(&self.group_commit_max_records) {
+            return Err(ConfigError::invalid(
+                "buffer.group_commit_max_records",
+                "must be between 1 and 10000",
+                "use the default 256 unless measurements say otherwise",
+            ));
+        }
+        if self.group_commit_max_delay_ms > 1000 {
+            return Err(ConfigError::invalid(
+                "buffer.group_commit_max_delay_ms",
+                "a swipe would wait over a second before it is durable",
+                "use a few milliseconds; 5 is the default",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl SnowflakeConfig {
+    fn validate(&self, gateway_id: &str) -> Result<(), ConfigError> {
+        for (key, value) in [
+            ("snowflake.account", &self.account),
+            ("snowflake.user", &self.user),
+            ("snowflake.database", &self.database),
+            ("snowflake.schema", &self.schema),
+            ("snowflake.pipe", &self.pipe),
+        ] {
+            if value.trim().is_empty() {
+                return Err(ConfigError::invalid(key, "is empty", "fill it in"));
+            }
+        }
+        if self.account.contains("snowflakecomputing.com") || self.account.contains("://") {
+            return Err(ConfigError::invalid(
+                "snowflake.account",
+                format!(
+                    "`{}` looks like a URL, not an account identifier",
+                    self.account
+                ),
+                "write only the identifier (e.g. myorg-myaccount); put a full URL in snowflake.url",
+            ));
+        }
+        if let Some(url) = &self.url {
+            if !url.starts_with("https://") {
+                return Err(ConfigError::invalid(
+                    "snowflake.url",
+                    format!("`{url}` is not an https:// URL"),
+                    "Snowflake is only reachable over TLS; write https://<account>.snowflakecomputing.com",
+                ));
+            }
+        }
+        check_id("snowflake.channel", self.channel_name(gateway_id))?;
+        if self.request_timeout_secs == 0 || self.request_timeout_secs > 300 {
+            return Err(ConfigError::invalid(
+                "snowflake.request_timeout_secs",
+                "must be between 1 and 300",
+                "30 is the default",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl ReaderConfig {
+    fn validate(&self, key: &str) -> Result<ReaderSpec, ConfigError> {
+        check_id(&format!("{key}.id"), &self.id)?;
+        if self.dedup_window_ms > 60_000 {
+            return Err(ConfigError::invalid(
+                format!("{key}.dedup_window_ms"),
+                "longer than a minute would hide real second swipes",
+                "use 0 to 5000 ms; 1500 is the default",
+            ));
+        }
+        let source = match self.kind {
+            ReaderKind::Serial => self.serial(key)?,
+            ReaderKind::Wiegand => self.wiegand(key)?,
+            ReaderKind::Simulated => self.simulated(key)?,
+        };
+        Ok(ReaderSpec {
+            id: self.id.clone(),
+            zone: self.zone.clone(),
+            door: self.door.clone(),
+            direction: self.direction,
+            dedup_window: Duration::from_millis(self.dedup_window_ms),
+            source,
+        })
+    }
+
+    /// Keys that belong to other kinds are errors: they mean the entry is not what its author thinks.
+    fn reject_foreign(&self, key: &str, present: &[(&str, bool)]) -> Result<(), ConfigError> {
+        match present.iter().find(|(_, is_set)| *is_set) {
+            Some((name, _)) => Err(ConfigError::invalid(
+                format!("{key}.{name}"),
+                format!("not a setting of a {} reader", self.kind),
+                format!("remove it, or change `{key}.kind`"),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    fn serial(&self, key: &str) -> Result<ReaderSource, ConfigError> {
+        self.reject_foreign(
+            key,
+            &[
+                ("chip", self.chip.is_some()),
+                ("d0", self.d0.is_some()),
+                ("d1", self.d1.is_some()),
+                ("format", self.format.is_some()),
+                ("frame_timeout_ms", self.frame_timeout_ms.is_some()),
+                ("rate_per_sec", self.rate_per_sec.is_some()),
+                ("count", self.count.is_some()),
+                ("facility", self.facility.is_some()),
+                ("population", self.population.is_some()),
+            ],
+        )?;
+        let device = self.device.clone().ok_or_else(|| {
+            ConfigError::invalid(
+                format!("{key}.device"),
+                "a serial reader needs a device",
+                "set it, preferably to a stable /dev/serial/by-id/... path",
+            )
+        })?;
+        let framing = self.framing.ok_or_else(|| {
+            ConfigError::invalid(
+                format!("{key}.framing"),
+                "a serial reader needs a framing",
+                "set it to \"rdm6300\", \"id12\" or \"line\"",
+            )
+        })?;
+        let baud = self.baud.unwrap_or(9600);
+        if !(1200..=921_600).contains(&baud) {
+            return Err(ConfigError::invalid(
+                format!("{key}.baud"),
+                format!("{baud} is not a plausible reader baud rate"),
+                "EM4100 modules and converters use 9600",
+            ));
+        }
+        let line_keys_set = self.line_terminator.is_some()
+            || self.line_stx.is_some()
+            || self.line_radix.is_some()
+            || self.line_max_len.is_some()
+            || self.line_timeout_ms.is_some();
+        if framing != SerialFraming::Line && line_keys_set {
+            return Err(ConfigError::invalid(
+                format!("{key}.framing"),
+                "line_* settings are only used by the line framing",
+                "remove the line_* keys or set framing = \"line\"",
+            ));
+        }
+        let defaults = LineSettings::default();
+        let line = LineSettings {
+            terminator: self.line_terminator.unwrap_or(defaults.terminator),
+            stx: self.line_stx.unwrap_or(defaults.stx),
+            radix: self.line_radix.unwrap_or(defaults.radix),
+            max_len: self.line_max_len.unwrap_or(defaults.max_len),
+            timeout: self
+                .line_timeout_ms
+                .map_or(defaults.timeout, Duration::from_millis),
+        };
+        if !(4..=256).contains(&line.max_len) {
+            return Err(ConfigError::invalid(
+                format!("{key}.line_max_len"),
+                "must be between 4 and 256",
+                "64 is the default",
+            ));
+        }
+        Ok(ReaderSource::Serial {
+            device,
+            baud,
+            framing,
+            line,
+        })
+    }
+
+    fn wiegand(&self, key: &str) -> Result<ReaderSource, ConfigError> {
+        self.reject_foreign(
+            key,
+            &[
+                ("device", self.device.is_some()),
+                ("baud", self.baud.is_some()),
+                ("framing", self.framing.is_some()),
+                ("rate_per_sec", self.rate_per_sec.is_some()),
+                ("count", self.count.is_some()),
+                ("facility", self.facility.is_some()),
+                ("population", self.population.is_some()),
+            ],
+        )?;
+        let (Some(d0), Some(d1)) = (self.d0, self.d1) else {
+            return Err(ConfigError::invalid(
+                format!("{key}.d0"),
+                "a wiegand reader needs both d0 and d1 line offsets",
+                "set d0 and d1 to the GPIO line offsets the reader's D0/D1 wires are on",
+            ));
+        };
+        if d0 == d1 {
+            return Err(ConfigError::invalid(
+                format!("{key}.d1"),
+                "d0 and d1 are the same line",
+                "D0 and D1 are two different wires; check the wiring diagram",
+            ));
+        }
+        let format = self.format.clone().unwrap_or_else(|| "auto".to_owned());
+        let frame_timeout_ms = self.frame_timeout_ms.unwrap_or(30);
+        if !(25..=100).contains(&frame_timeout_ms) {
+            return Err(ConfigError::invalid(
+                format!("{key}.frame_timeout_ms"),
+                "must be between 25 and 100 (it has to exceed the 20 ms maximum inter-bit gap)",
+                "30 is the default",
+            ));
+        }
+        Ok(ReaderSource::Wiegand {
+            chip: self
+                .chip
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("/dev/gpiochip0")),
+            d0,
+            d1,
+            format,
+            frame_timeout: Duration::from_millis(frame_timeout_ms),
+        })
+    }
+
+    fn simulated(&self, key: &str) -> Result<ReaderSource, ConfigError> {
+        self.reject_foreign(
+            key,
+            &[
+                ("device", self.device.is_some()),
+                ("baud", self.baud.is_some()),
+                ("framing", self.framing.is_some()),
+                ("chip", self.chip.is_some()),
+                ("d0", self.d0.is_some()),
+                ("d1", self.d1.is_some()),
+                ("format", self.format.is_some()),
+            ],
+        )?;
+        let rate_per_sec = self.rate_per_sec.unwrap_or(1.0);
+        if !(rate_per_sec > 0.0 && rate_per_sec <= 100_000.0) {
+            return Err(ConfigError::invalid(
+                format!("{key}.rate_per_sec"),
+                format!("{rate_per_sec} is not between 0 and 100000"),
+                "use e.g. 5.0",
+            ));
+        }
+        let facility = self.facility.unwrap_or(42);
+        if facility > 255 {
+            return Err(ConfigError::invalid(
+                format!("{key}.facility"),
+                "simulated readers emit H10301 cards, whose facility code is 0..=255",
+                "use a value up to 255",
+            ));
+        }
+        let population = self.population.unwrap_or(500);
+        if !(1..=65_535).contains(&population) {
+            return Err(ConfigError::invalid(
+                format!("{key}.population"),
+                "must be between 1 and 65535",
+                "500 is the default",
+            ));
+        }
+        Ok(ReaderSource::Simulated {
+            rate_per_sec,
+            count: self.count,
+            facility,
+            population,
+        })
+    }
+}
+
+/// Ids end up in channel names, event ids and metric labels: keep them boring.
+fn check_id(key: &str, value: &str) -> Result<(), ConfigError> {
+    let ok = !value.is_empty()
+        && value.len() <= 64
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(
+            key,
+            format!("`{value}` is not a valid id"),
+            "use 1 to 64 characters from A-Z, a-z, 0-9, '-', '_' and '.'",
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        gateway_id = "gw-01"
+        [[reader]]
+        id = "sim"
+        kind = "simulated"
+    "#;
+
+    fn invalid_key(text: &str) -> String {
+        let config = Config::parse(text).unwrap();
+        match config.validate() {
+            Err(ConfigError::Invalid { key, .. }) => key,
+            other => panic!("expected an invalid key, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn minimal_file_gets_defaults() {
+        let config = Config::parse(MINIMAL).unwrap();
+        let readers = config.validate().unwrap();
+        assert_eq!(config.buffer.max_bytes, 512 * 1024 * 1024);
+        assert_eq!(config.buffer.full_policy, FullPolicy::RefuseNew);
+        assert_eq!(config.health.listen, DEFAULT_HEALTH_LISTEN);
+        assert_eq!(readers.len(), 1);
+        assert_eq!(readers[0].dedup_window, Duration::from_millis(1500));
+        assert!(matches!(
+            readers[0].source,
+            ReaderSource::Simulated {
+                facility: 42,
+                population: 500,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn full_example_validates() {
+        let text = r#"
+            gateway_id = "gw-lobby-01"
+            [buffer]
+            path = "/tmp/x"
+            full_policy = "drop_oldest"
+            [snowflake]
+            account = "myorg-myaccount"
+            user = "BADGE_INGEST"
+            role = "BADGE_INGEST_ROLE"
+            private_key_file = "/etc/badge-agent/rsa_key.p8"
+            database = "BADGE_DB"
+            schema = "RAW_INGESTION"
+            pipe = "BADGE_EVENTS_PIPE"
+            [[reader]]
+            id = "lobby-in"
+            kind = "serial"
+            device = "/dev/ttyUSB0"
+            framing = "line"
+            line_terminator = "crlf"
+            line_radix = "decimal"
+            direction = "in"
+            [[reader]]
+            id = "garage"
+            kind = "wiegand"
+            d0 = 17
+            d1 = 27
+            format = "h10301"
+        "#;
+        let config = Config::parse(text).unwrap();
+        let readers = config.validate().unwrap();
+        let snowflake = config.snowflake.as_ref().unwrap();
+        assert_eq!(
+            snowflake.account_url(),
+            "https://myorg-myaccount.snowflakecomputing.com"
+        );
+        assert_eq!(snowflake.channel_name(&config.gateway_id), "gw-lobby-01");
+        assert_eq!(config.buffer.resolved_path(), PathBuf::from("/tmp/x"));
+        match &readers[0].source {
+            ReaderSource::Serial { baud, line, .. } => {
+                assert_eq!(*baud, 9600);
+                assert_eq!(line.terminator, LineTerminator::Crlf);
+                assert_eq!(line.radix, LineRadix::Decimal);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(matches!(
+            &readers[1].source,
+            ReaderSource::Wiegand { d0: 17, d1: 27, .. }
+        ));
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::parse("gateway_id = \"gw\"\ngatway = 1\n").unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("gatway"), "{text}");
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        let err = Config::parse(
+            "gateway_id = \"gw\"\n[[reader]]\nid = \"r\"\nkind = \"serial\"\nbaud = \"fast\"\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("baud"), "{err}");
+    }
+
+    #[test]
+    fn unknown_reader_kind_is_named() {
+        let err = Config::parse("gateway_id = \"gw\"\n[[reader]]\nid = \"r\"\nkind = \"osdp\"\n")
+            .unwrap_err();
+        assert!(err.to_string().contains("osdp"), "{err}");
+    }
+
+    #[test]
+    fn semantic_errors_name_the_key() {
+        let base = "gateway_id = \"gw\"\n";
+        let cases = [
+            (
+                "gateway_id = \"gw 1\"\n[[reader]]\nid = \"s\"\nkind = \"simulated\"\n",
+                "gateway_id",
+            ),
+            (base, "reader"),
+            (
+                &format!("{base}[[reader]]\nid = \"s\"\nkind = \"serial\"\nframing = \"rdm6300\"\n"),
+                "reader[0].device",
+            ),
+            (
+                &format!("{base}[[reader]]\nid = \"s\"\nkind = \"serial\"\ndevice = \"/dev/x\"\n"),
+                "reader[0].framing",
+            ),
+            (
+                &format!("{base}[[reader]]\nid = \"s\"\nkind = \"serial\"\ndevice = \"/dev/x\"\nframing = \"id12\"\nd0 = 3\n"),
+                "reader[0].d0",
+            ),
+            (
+                &format!("{base}[[reader]]\nid = \"s\"\nkind = \"serial\"\ndevice = \"/dev/x\"\nframing = \"id12\"\nline_radix = \"hex\"\n"),
+                "reader[0].framing",
+            ),
+            (
+                &format!("{base}[[reader]]\nid = \"w\"\nkind = \"wiegand\"\nd0 = 4\n"),
+                "reader[0].d0",
+            ),
+            (
+                &format!("{base}[[reader]]\nid = \"w\"\nkind = \"wiegand\"\nd0 = 4\nd1 = 4\n"),
+                "reader[0].d1",
+            ),
+            (
+                &format!("{base}[[reader]]\nid = \"w\"\nkind = \"wiegand\"\nd0 = 4\nd1 = 5\nframe_timeout_ms = 5\n"),
+                "reader[0].frame_timeout_ms",
+            ),
+            (
+                &format!("{base}[[reader]]\nid = \"a\"\nkind = \"simulated\"\n[[reader]]\nid = \"a\"\nkind = \"simulated\"\n"),
+                "reader[1].id",
+            ),
+            (
+                &format!("{base}[[reader]]\nid = \"a\"\nkind = \"simulated\"\nrate_per_sec = 0.0\n"),
+                "reader[0].rate_per_sec",
+            ),
+            (
+                &format!("{base}[buffer]\nmax_bytes = 10\n[[reader]]\nid = \"a\"\nkind = \"simulated\"\n"),
+                "buffer.max_bytes",
+            ),
+            (
+                &format!("{base}[health]\nlisten = \"localhost\"\n[[reader]]\nid = \"a\"\nkind = \"simulated\"\n"),
+                "health.listen",
+            ),
+            (
+                &format!("{base}[snowflake]\naccount = \"https://x.snowflakecomputing.com\"\nuser = \"u\"\nprivate_key_file = \"/k\"\ndatabase = \"d\"\nschema = \"s\"\npipe = \"p\"\n[[reader]]\nid = \"a\"\nkind = \"simulated\"\n"),
+                "snowflake.account",
+            ),
+            (
+                &format!("{base}[snowflake]\naccount = \"a\"\nurl = \"http://x\"\nuser = \"u\"\nprivate_key_file = \"/k\"\ndatabase = \"d\"\nschema = \"s\"\npipe = \"p\"\n[[reader]]\nid = \"a\"\nkind = \"simulated\"\n"),
+                "snowflake.url",
+            ),
+        ];
+        for (text, key) in cases {
+            assert_eq!(invalid_key(text), key, "for:\n{text}");
+        }
+    }
+
+    #[test]
+    fn error_message_says_how_to_fix() {
+        let config = Config::parse("gateway_id = \"gw\"\n").unwrap();
+        let message = config.validate().unwrap_err().to_string();
+        assert!(message.contains("config key `reader`"), "{message}");
+        assert!(message.contains("fix:"), "{message}");
+    }
+
+    #[test]
+    fn load_reports_missing_file_with_path() {
+        let err = Config::load(Path::new("/nonexistent/badge.toml")).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/badge.toml"), "{err}");
+    }
+}
