@@ -9,5 +9,6 @@ pub mod buffer;
 pub mod cli;
 pub mod config;
 pub mod drain;
+pub mod health;
 pub mod snowpipe;
 pub mod update;
