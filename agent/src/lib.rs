@@ -7,6 +7,7 @@
 
 pub mod buffer;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod drain;
 pub mod health;
