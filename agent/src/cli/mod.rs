@@ -1,23 +1,53 @@
-//! Command-line interface: parses arguments and dispatches to the subcommands.
+//! Command-line interface: parses arguments, sets up logging, dispatches to the subcommands.
 
 mod decode;
+mod status;
+mod validate;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// badge-gateway edge agent.
+use crate::config::DEFAULT_CONFIG_PATH;
+
+/// badge-gateway edge agent: badge readers → durable buffer → Snowflake, exactly once.
 #[derive(Debug, Parser)]
 #[command(name = "badge-agent", version, about, long_about = None)]
 pub struct Cli {
+    /// Configuration file.
+    #[arg(long, short, global = true, env = "BADGE_AGENT_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+    pub config: PathBuf,
+    /// Log output: `auto` uses journald under systemd and readable lines on a terminal.
+    #[arg(long, global = true, value_enum, default_value_t = LogTarget::Auto)]
+    pub log: LogTarget,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// Where logs go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogTarget {
+    /// journald when started by systemd, else stderr.
+    Auto,
+    /// Native journald fields.
+    Journald,
+    /// Human-readable lines on stderr.
+    Stderr,
+}
+
 /// Subcommands of `badge-agent`.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Check a configuration file and print what the agent would run.
+    Validate,
+    /// Show the running agent's buffer, drain and reader state.
+    Status {
+        /// Print the raw JSON document.
+        #[arg(long)]
+        json: bool,
+    },
     /// Decode reader bytes or Wiegand bits and print the result as JSON (for field technicians).
     Decode(decode::DecodeArgs),
 }
@@ -25,8 +55,11 @@ pub enum Command {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Decode(args) => decode::run(&args),
+    init_logging(cli.log);
+    let result = match &cli.command {
+        Command::Validate => validate::run(&cli.config),
+        Command::Status { json } => status::run(&cli.config, *json),
+        Command::Decode(args) => decode::run(args),
     };
     match result {
         Ok(code) => code,
@@ -35,4 +68,35 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Sets up `tracing`: journald under systemd, readable lines otherwise; `RUST_LOG` filters.
+fn init_logging(target: LogTarget) {
+    use tracing_subscriber::prelude::*;
+    use tracing_subscriber::EnvFilter;
+
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // systemd sets JOURNAL_STREAM when stdout/stderr go to the journal.
+    let want_journald = match target {
+        LogTarget::Journald => true,
+        LogTarget::Stderr => false,
+        LogTarget::Auto => std::env::var_os("JOURNAL_STREAM").is_some(),
+    };
+    if want_journald {
+        match tracing_journald::layer() {
+            Ok(layer) => {
+                let layer = layer.with_syslog_identifier("badge-agent".to_owned());
+                let _ = tracing_subscriber::registry()
+                    .with(filter)
+                    .with(layer)
+                    .try_init();
+                return;
+            }
+            Err(err) => eprintln!("journald unavailable ({err}); logging to stderr"),
+        }
+    }
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .try_init();
 }

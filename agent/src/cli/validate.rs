@@ -1,0 +1,52 @@
+//! `badge-agent validate`: check a configuration file without starting anything.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use crate::config::{Config, ReaderSource};
+
+/// Loads and validates the file, then prints a short summary of what the agent would run.
+pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
+    let (config, readers) = Config::load(path)?;
+    println!("{}: OK", path.display());
+    println!("  gateway_id: {}", config.gateway_id);
+    println!("  buffer:     {}", config.buffer.resolved_path().display());
+    match &config.snowflake {
+        Some(sf) => println!(
+            "  snowflake:  {} as {} -> {}.{}.{} channel {}",
+            sf.account_url(),
+            sf.user,
+            sf.database,
+            sf.schema,
+            sf.pipe,
+            sf.channel_name(&config.gateway_id)
+        ),
+        None => println!("  snowflake:  not configured (swipes stay in the buffer)"),
+    }
+    println!("  health:     http://{}/status", config.health.listen);
+    for reader in &readers {
+        let what = match &reader.source {
+            ReaderSource::Serial {
+                device,
+                baud,
+                framing,
+                ..
+            } => format!("serial {} @ {baud} baud, {framing:?}", device.display()),
+            ReaderSource::Wiegand {
+                chip,
+                d0,
+                d1,
+                format,
+                ..
+            } => format!(
+                "wiegand {} D0={d0} D1={d1}, format {format}",
+                chip.display()
+            ),
+            ReaderSource::Simulated { rate_per_sec, .. } => {
+                format!("simulated, {rate_per_sec} swipes/s")
+            }
+        };
+        println!("  reader {}: {what}", reader.id);
+    }
+    Ok(ExitCode::SUCCESS)
+}
