@@ -1,1 +1,3 @@
 //! Simulators and helpers shared by badge-gateway's end-to-end tests.
+
+pub mod serial_sim;

@@ -1,0 +1,116 @@
+//! Serial readers simulated on real kernel pseudo-terminals.
+//!
+//! The agent opens the pty's slave side exactly as it opens `/dev/ttyUSB0`; the test writes the
+//! bytes a reader would send into the master side. A stable symlink stands in for
+//! `/dev/serial/by-id/…`, so "unplug and replug" is: close the pty, open a new one, re-point the
+//! link.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use nix::pty::{openpty, OpenptyResult};
+use nix::sys::termios::{self, SetArg};
+
+/// One simulated serial reader.
+#[derive(Debug)]
+pub struct SerialSim {
+    master: File,
+    _slave: OwnedFd,
+    slave_path: PathBuf,
+    link: Option<PathBuf>,
+}
+
+impl SerialSim {
+    /// Opens a new pty in raw mode.
+    pub fn open() -> anyhow::Result<Self> {
+        let OpenptyResult { master, slave } = openpty(None, None).context("openpty")?;
+        // Raw mode on the slave so the line discipline passes bytes (CR, 0x03) unchanged.
+        let mut attrs = termios::tcgetattr(&slave).context("tcgetattr")?;
+        termios::cfmakeraw(&mut attrs);
+        termios::tcsetattr(&slave, SetArg::TCSANOW, &attrs).context("tcsetattr")?;
+        let slave_path = std::fs::read_link(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&slave)
+        ))
+        .context("resolving the pty slave path")?;
+        Ok(Self {
+            master: File::from(master),
+            _slave: slave,
+            slave_path,
+            link: None,
+        })
+    }
+
+    /// Opens a pty and points `link` (a stand-in for `/dev/serial/by-id/…`) at it.
+    pub fn open_linked(link: &Path) -> anyhow::Result<Self> {
+        let mut sim = Self::open()?;
+        let tmp = link.with_extension("tmp-link");
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(&sim.slave_path, &tmp).context("symlink")?;
+        std::fs::rename(&tmp, link).context("re-pointing the device link")?;
+        sim.link = Some(link.to_owned());
+        Ok(sim)
+    }
+
+    /// The device path the agent should open.
+    pub fn device(&self) -> &Path {
+        self.link.as_deref().unwrap_or(&self.slave_path)
+    }
+
+    /// Writes raw bytes as the reader would.
+    pub fn send(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
+        self.master.write_all(bytes).context("writing to the pty")?;
+        self.master.flush().context("flushing the pty")
+    }
+}
+
+/// The 14-byte RDM6300 frame for a 40-bit EM4100 id: STX, 10 hex digits, 2 hex digits of XOR, ETX.
+pub fn rdm6300_frame(id40: u64) -> Vec<u8> {
+    let data: Vec<u8> = (0..5).rev().map(|i| (id40 >> (8 * i)) as u8).collect();
+    let checksum = data.iter().fold(0_u8, |acc, b| acc ^ b);
+    let mut frame = vec![0x02];
+    frame.extend(format!("{:010X}{checksum:02X}", id40 & 0xff_ffff_ffff).into_bytes());
+    frame.push(0x03);
+    frame
+}
+
+/// A converter line: the 24 data bits of a W26 frame as 6 hex digits and CR (WIE232 style).
+pub fn converter_line(facility: u8, card: u16) -> Vec<u8> {
+    format!("{facility:02X}{card:04X}\r").into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::io::Read;
+
+    #[test]
+    fn rdm6300_frame_matches_the_reference_layout() {
+        // Reference §6.1: STX, 10 hex, XOR checksum as 2 hex, ETX.
+        let frame = rdm6300_frame(0x0A_0012_3456);
+        assert_eq!(frame.len(), 14);
+        assert_eq!(&frame[1..11], b"0A00123456");
+        assert_eq!(
+            &frame[11..13],
+            format!("{:02X}", 0x0A ^ 0x00 ^ 0x12 ^ 0x34 ^ 0x56).as_bytes()
+        );
+        assert_eq!((frame[0], frame[13]), (0x02, 0x03));
+    }
+
+    #[test]
+    fn bytes_written_to_the_master_arrive_unchanged_at_the_slave() {
+        let dir = tempfile::tempdir().unwrap();
+        let link = dir.path().join("ttyRFID");
+        let mut sim = SerialSim::open_linked(&link).unwrap();
+        let mut slave = std::fs::File::open(sim.device()).unwrap();
+        let frame = rdm6300_frame(0x01_0203_0405);
+        sim.send(&frame).unwrap();
+        let mut got = vec![0; frame.len()];
+        slave.read_exact(&mut got).unwrap();
+        assert_eq!(got, frame);
+    }
+}
