@@ -10,6 +10,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod drain;
+pub mod row;
 pub mod health;
 pub mod snowpipe;
 pub mod update;
