@@ -15,4 +15,4 @@ mod server;
 
 pub use faults::{FaultAction, FaultPlan, FaultRule, Op};
 pub use model::{CommittedRow, PipeId};
-pub use server::{Emulator, EmulatorConfig, EmulatorError, EmulatorHandle};
+pub use server::{Emulator, EmulatorConfig, EmulatorError, EmulatorHandle, RequestRecord};

@@ -102,7 +102,36 @@ fn now_s() -> i64 {
     (now_ms() / 1000) as i64
 }
 
+/// One served request, as kept in the request log (tests check retries and token refreshes with it).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RequestRecord {
+    /// HTTP method.
+    pub method: String,
+    /// Raw path.
+    pub path: String,
+    /// Decoded query parameters.
+    pub query: Vec<(String, String)>,
+    /// Status sent; 0 when the connection was reset without a response.
+    pub status: u16,
+    /// Injected fault, if any.
+    pub fault: Option<String>,
+}
+
+impl RequestRecord {
+    /// A query parameter.
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// How many requests the log keeps.
+const REQUEST_LOG_CAP: usize = 20_000;
+
 struct Shared {
+    requests: Mutex<std::collections::VecDeque<RequestRecord>>,
     model: Mutex<Model>,
     verifier: Mutex<KeyPairVerifier>,
     scoped: Mutex<ScopedTokens>,
@@ -112,6 +141,24 @@ struct Shared {
 }
 
 impl Shared {
+    fn record(&self, req: &Request, status: u16, fault: Option<FaultAction>) {
+        debug!(method = %req.method, path = %req.path, status, fault = ?fault.map(|f| f.to_string()), "request");
+        if req.path.starts_with("/admin/") {
+            return;
+        }
+        let mut log = lock(&self.requests);
+        if log.len() >= REQUEST_LOG_CAP {
+            log.pop_front();
+        }
+        log.push_back(RequestRecord {
+            method: req.method.clone(),
+            path: req.path.clone(),
+            query: req.query.clone(),
+            status,
+            fault: fault.map(|f| f.to_string()),
+        });
+    }
+
     fn tick(&self) {
         let rows = lock(&self.model).tick(now_ms());
         if rows.is_empty() {
@@ -169,6 +216,7 @@ impl Emulator {
             None => None,
         };
         let shared = Arc::new(Shared {
+            requests: Mutex::new(std::collections::VecDeque::new()),
             model: Mutex::new(Model::new(
                 config.pipes.clone(),
                 config.commit_delay.as_millis() as u64,
@@ -261,6 +309,11 @@ impl EmulatorHandle {
     /// Status objects of every channel (the §4.4 field set plus `uncommitted_batches`).
     pub fn channels(&self) -> Vec<Value> {
         lock(&self.shared.model).all_statuses()
+    }
+
+    /// Requests served so far (admin requests excluded), oldest first.
+    pub fn requests(&self) -> Vec<RequestRecord> {
+        lock(&self.shared.requests).iter().cloned().collect()
     }
 
     /// Adds a fault rule (its counter starts now).
@@ -442,21 +495,29 @@ async fn connection(
         };
         let route = Route::parse(&req.method, &req.path);
         let mut lost = None;
+        let mut noted = None;
         if let Some((op, channel)) = route.fault_key() {
             let action = lock(&sh.faults).check(op, channel.as_deref());
             if let Some(a) = action {
                 debug!(method = %req.method, path = %req.path, fault = %a, "injecting fault");
                 match a {
                     FaultAction::Reset => {
+                        sh.record(&req, 0, Some(a));
                         reset(tls);
                         return;
                     }
-                    FaultAction::Delay(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
-                    FaultAction::ExpireTokens => lock(&sh.scoped).expire_all(),
+                    FaultAction::Delay(ms) => {
+                        noted = Some(a);
+                        tokio::time::sleep(Duration::from_millis(ms)).await
+                    }
+                    FaultAction::ExpireTokens => {
+                        noted = Some(a);
+                        lock(&sh.scoped).expire_all()
+                    }
                     FaultAction::AppliedThenReset | FaultAction::AppliedThen503 => lost = Some(a),
                     other => {
                         let resp = canned(other);
-                        debug!(method = %req.method, path = %req.path, status = resp.status, "request (fault)");
+                        sh.record(&req, resp.status, Some(other));
                         if http::write_response(&mut tls, &resp, req.close)
                             .await
                             .is_err()
@@ -470,19 +531,21 @@ async fn connection(
             }
         }
         let resp = handle(&sh, &req, &route, peer);
-        debug!(method = %req.method, path = %req.path, status = resp.status, "request");
         match lost {
             Some(FaultAction::AppliedThenReset) => {
+                sh.record(&req, 0, lost);
                 reset(tls);
                 return;
             }
             Some(_) => {
                 let r = canned(FaultAction::Unavailable);
+                sh.record(&req, r.status, lost);
                 if http::write_response(&mut tls, &r, req.close).await.is_err() || req.close {
                     return;
                 }
             }
             None => {
+                sh.record(&req, resp.status, noted);
                 if http::write_response(&mut tls, &resp, req.close)
                     .await
                     .is_err()
@@ -790,7 +853,10 @@ fn handle_inner(
                 .map_err(|e| err(&e))?;
             let exp = now_ms() + 3_600_000;
             let loc = json!({"expiry_time_ms": exp, "location_type": "S3", "use_s3_regional_url": false,
-                             "location": "emulator-bucket/prefix/", "region": "us-west-2", "creds": {}});
+                             "location": "emulator-bucket/prefix/", "region": "us-west-2",
+                             // Dummy credentials: 1.9.1 refuses an S3 location without them. They are
+                             // never usable: file mode fails on the 16-byte key before any upload.
+                             "creds": {"AWS_KEY_ID": "EMULATOR", "AWS_SECRET_KEY": "emulator-not-a-secret", "AWS_TOKEN": "emulator"}});
             // 16-byte key: file mode fails inside the client before any upload (§15.2).
             Ok(Response::json(
                 200,
@@ -940,6 +1006,10 @@ fn admin(sh: &Shared, req: &Request, what: &str, peer: SocketAddr) -> Result<Res
                 body: out,
             })
         }
+        ("GET", "requests") => Ok(Response::json(
+            200,
+            &json!(lock(&sh.requests).iter().collect::<Vec<_>>()),
+        )),
         ("GET", "channels") => Ok(Response::json(
             200,
             &Value::Array(lock(&sh.model).all_statuses()),
