@@ -510,3 +510,62 @@ def run_dag(conn) -> DagRun:
                     (ends[stream], stream),
                 )
     return run
+
+
+# --------------------------------------------------------------------------- agent rows
+
+#: Fields of the agent's row, in the order of notes/ROW.md (the pipe reads exactly these).
+AGENT_FIELDS = (
+    "gateway_id", "seq", "event_id", "reader_id", "zone_id", "door_id", "direction", "event_type",
+    "credential", "format", "facility_code", "card_number", "raw_bits", "bit_count", "detail",
+    "swiped_at", "clock_synced", "agent_version",
+)
+
+
+def agent_row(
+    gateway_id: str,
+    seq: int,
+    swiped_at: str,
+    *,
+    credential: str | None = None,
+    reader_id: str = "R1",
+    zone_id: str | None = "Z1",
+    door_id: str | None = "D1",
+    direction: str | None = "in",
+    event_type: str = "card",
+    detail: str | None = None,
+    clock_synced: bool = True,
+    agent_version: str = "0.1.0",
+) -> dict[str, Any]:
+    """A row shaped exactly like the agent's (every field present, JSON null where absent).
+
+    ``swiped_at`` is RFC 3339 with milliseconds and ``Z``; ``credential`` like ``H10301:12:3456``
+    fills format/facility_code/card_number as the agent would for a card event.
+    """
+    fmt = facility = number = raw_bits = bit_count = None
+    if credential is not None:
+        parts = credential.split(":")
+        fmt = parts[0]
+        if len(parts) == 3:
+            facility, number = int(parts[1]), int(parts[2])
+        raw_bits, bit_count = "02468ace", 26
+    return {
+        "gateway_id": gateway_id,
+        "seq": seq,
+        "event_id": f"{gateway_id}:{seq}",
+        "reader_id": reader_id,
+        "zone_id": zone_id,
+        "door_id": door_id,
+        "direction": direction,
+        "event_type": event_type,
+        "credential": credential,
+        "format": fmt,
+        "facility_code": facility,
+        "card_number": number,
+        "raw_bits": raw_bits,
+        "bit_count": bit_count,
+        "detail": detail,
+        "swiped_at": swiped_at,
+        "clock_synced": clock_synced,
+        "agent_version": agent_version,
+    }
