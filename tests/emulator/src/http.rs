@@ -6,6 +6,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 /// Largest accepted request head.
 const MAX_HEAD: usize = 64 * 1024;
 
+/// Oversized bodies up to this size are read and discarded before the 413 is sent.
+const DRAIN_CAP: usize = 64 * 1024 * 1024;
+
 /// A parsed request.
 #[derive(Debug, Clone, Default)]
 pub struct Request {
@@ -156,6 +159,22 @@ pub async fn read_request<S: AsyncRead + Unpin>(
     match body_kind {
         Some(len) => {
             if len > max_body {
+                // Read and discard a moderately oversized body so the client, still sending,
+                // gets to read the 413 instead of a connection reset.
+                if len <= DRAIN_CAP {
+                    let mut left = len;
+                    let take = left.min(buf.len());
+                    buf.drain(..take);
+                    left -= take;
+                    let mut tmp = vec![0u8; 64 * 1024];
+                    while left > 0 {
+                        let n = s.read(&mut tmp[..left.min(64 * 1024)]).await?;
+                        if n == 0 {
+                            break;
+                        }
+                        left -= n;
+                    }
+                }
                 return Err(ReadError::TooLarge(len));
             }
             while buf.len() < len {
