@@ -362,6 +362,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn random_input_never_panics() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let prefixes: [&[u8]; 4] = [
+            b"",
+            b"POST /x HTTP/1.1\r\n",
+            b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"PUT /x?%zz=%&&=& HTTP/1.1\r\nContent-Length: 20\r\n\r\n",
+        ];
+        for i in 0..4000 {
+            let len = rng.random_range(0..200);
+            let mut v = prefixes[i % 4].to_vec();
+            v.extend((0..len).map(|_| rng.random::<u8>()));
+            let _ = read(&v, 64).await;
+            let _ = crate::ndjson::parse_ndjson(&v);
+            let _ = crate::model::Sequencers::decode(&String::from_utf8_lossy(&v));
+            let _ = parse_query(&String::from_utf8_lossy(&v));
+        }
+    }
+
+    #[tokio::test]
     async fn limits_and_garbage() {
         let (r, _) = read(b"POST / HTTP/1.1\r\nContent-Length: 101\r\n\r\n", 100).await;
         assert!(matches!(r, Err(ReadError::TooLarge(101))));
