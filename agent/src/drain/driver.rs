@@ -1,0 +1,273 @@
+//! Thin I/O shell around [`Machine`]: executes its actions against the [`Buffer`] and an
+//! [`Ingest`] implementation.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tracing::{debug, error, info, warn};
+
+use super::machine::{Action, Input, Machine, MachineConfig};
+use super::{DrainError, Ingest, IngestError};
+use crate::buffer::Buffer;
+
+/// Drain configuration.
+#[derive(Debug, Clone)]
+pub struct DrainConfig {
+    /// Gateway id rendered into every row (`gateway_id`, `event_id`).
+    pub gateway_id: String,
+    /// State machine tuning (batch size, poll interval, back-off, recoveries).
+    pub machine: MachineConfig,
+}
+
+impl DrainConfig {
+    /// Defaults: 1 MiB / 10,000-record batches, 1 s status polls, back-off 1 s … 60 s, stop after
+    /// 5 consecutive recoveries.
+    pub fn new(gateway_id: impl Into<String>) -> Self {
+        DrainConfig {
+            gateway_id: gateway_id.into(),
+            machine: MachineConfig::default(),
+        }
+    }
+}
+
+/// Something the drain did, for metrics and logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DrainEvent {
+    /// The channel (re)opened with this committed token.
+    Opened {
+        /// Committed token reported by the open.
+        committed: Option<u64>,
+        /// Records renumbered by [`Buffer::reconcile_after_open`].
+        renumbered: u64,
+    },
+    /// A batch was appended.
+    Appended {
+        /// Start offset token.
+        start: u64,
+        /// End offset token.
+        end: u64,
+        /// Rows in the batch.
+        records: usize,
+        /// Uncompressed NDJSON bytes.
+        bytes: usize,
+    },
+    /// The service reported a committed token.
+    Committed {
+        /// The token.
+        committed: Option<u64>,
+    },
+    /// Local records up to `through` were deleted.
+    Deleted {
+        /// Bound.
+        through: u64,
+        /// Records removed.
+        removed: u64,
+    },
+    /// An ingest call failed.
+    Failed {
+        /// Which call.
+        op: &'static str,
+        /// The error.
+        error: IngestError,
+    },
+    /// The drain stopped.
+    Stopped {
+        /// Why.
+        error: DrainError,
+    },
+}
+
+/// Hook for metrics (commit lag, reopen counts, last commit time, …).
+pub trait DrainObserver {
+    /// Called after each executed action.
+    fn event(&self, _event: &DrainEvent) {}
+}
+
+/// An observer that ignores everything.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoopObserver;
+impl DrainObserver for NoopObserver {}
+
+/// Result of one [`Drainer::step`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// An action was executed; step again.
+    Progress,
+    /// Nothing to do for this long; the caller sleeps (the machine already counts it as slept).
+    Sleep(Duration),
+}
+
+/// The machine plus what is needed to execute its actions.
+#[derive(Debug)]
+pub struct Drainer {
+    machine: Machine,
+    gateway_id: String,
+    ndjson: Vec<u8>,
+}
+
+impl Drainer {
+    /// A fresh drainer; it starts by opening the channel.
+    pub fn new(cfg: DrainConfig) -> Self {
+        Drainer {
+            machine: Machine::new(cfg.machine),
+            gateway_id: cfg.gateway_id,
+            ndjson: Vec::new(),
+        }
+    }
+
+    /// The state machine (read-only: committed token, in-flight mark, recoveries).
+    pub fn machine(&self) -> &Machine {
+        &self.machine
+    }
+
+    /// Executes the machine's next action at monotonic time `now`.
+    pub fn step<I: Ingest + ?Sized>(
+        &mut self,
+        buffer: &Buffer,
+        ingest: &mut I,
+        now: Duration,
+        observer: &dyn DrainObserver,
+    ) -> Result<Step, DrainError> {
+        let action = self.machine.next_action(now);
+        let input = match action {
+            Action::Stop(error) => {
+                error!(error = %error, "drain stopped");
+                observer.event(&DrainEvent::Stopped {
+                    error: error.clone(),
+                });
+                return Err(error);
+            }
+            Action::Sleep(d) => {
+                self.machine.handle(Input::Slept, now + d);
+                return Ok(Step::Sleep(d));
+            }
+            Action::Open => match ingest.open() {
+                Ok(committed) => {
+                    // Before anything is deleted: make sure no local seq ≤ committed is unsent.
+                    let renumbered = buffer.reconcile_after_open(committed)?;
+                    info!(event = "channel_opened", committed = ?committed, renumbered, "channel open");
+                    observer.event(&DrainEvent::Opened {
+                        committed,
+                        renumbered,
+                    });
+                    Input::Opened { committed }
+                }
+                Err(error) => {
+                    self.log_failure("open", &error, observer);
+                    Input::OpenFailed(error)
+                }
+            },
+            Action::DeleteThrough(k) => {
+                let removed = buffer.delete_through(k)?;
+                debug!(through = k, removed, "deleted committed records");
+                observer.event(&DrainEvent::Deleted {
+                    through: k,
+                    removed,
+                });
+                Input::Deleted { through: k }
+            }
+            Action::PollStatus => match ingest.committed() {
+                Ok(committed) => {
+                    observer.event(&DrainEvent::Committed { committed });
+                    Input::Status { committed }
+                }
+                Err(error) => {
+                    self.log_failure("status", &error, observer);
+                    Input::StatusFailed(error)
+                }
+            },
+            Action::Append {
+                from_seq,
+                max_records,
+                max_bytes,
+            } => {
+                // Stored bytes are smaller than JSON, so this read is a bounded superset.
+                let recs = buffer.range_from(from_seq, max_records, max_bytes)?;
+                let Some(&(start, _)) = recs.first() else {
+                    self.machine.handle(Input::NothingToSend, now);
+                    return Ok(Step::Progress);
+                };
+                self.ndjson.clear();
+                let mut end = start;
+                let mut count = 0usize;
+                for (seq, rec) in &recs {
+                    let before = self.ndjson.len();
+                    rec.write_json_line(&self.gateway_id, *seq, &mut self.ndjson);
+                    if self.ndjson.len() > max_bytes && count > 0 {
+                        self.ndjson.truncate(before);
+                        break;
+                    }
+                    end = *seq;
+                    count += 1;
+                }
+                match ingest.append(start, end, &self.ndjson) {
+                    Ok(()) => {
+                        observer.event(&DrainEvent::Appended {
+                            start,
+                            end,
+                            records: count,
+                            bytes: self.ndjson.len(),
+                        });
+                        Input::Appended { start, end }
+                    }
+                    Err(error) => {
+                        self.log_failure("append", &error, observer);
+                        Input::AppendFailed(error)
+                    }
+                }
+            }
+        };
+        self.machine.handle(input, now);
+        Ok(Step::Progress)
+    }
+
+    fn log_failure(&self, op: &'static str, error: &IngestError, observer: &dyn DrainObserver) {
+        match error {
+            IngestError::Unavailable(_) => {
+                warn!(op, error = %error, "ingest unavailable; backing off")
+            }
+            IngestError::ChannelInvalid(_) => warn!(
+                event = "channel_reopen",
+                op,
+                error = %error,
+                recoveries = self.machine.recoveries() + 1,
+                "channel invalid; reopening and rewinding to committed + 1"
+            ),
+            IngestError::Fatal(_) => error!(op, error = %error, "fatal ingest error"),
+        }
+        observer.event(&DrainEvent::Failed {
+            op,
+            error: error.clone(),
+        });
+    }
+}
+
+/// Runs the drain until `shutdown` is set (returns `Ok`) or it stops (returns the error; the
+/// agent should exit non-zero so systemd restarts it). Blocking: run it on its own thread.
+pub fn run_drain<I: Ingest + ?Sized>(
+    buffer: &Buffer,
+    ingest: &mut I,
+    cfg: DrainConfig,
+    shutdown: &AtomicBool,
+    observer: &dyn DrainObserver,
+) -> Result<(), DrainError> {
+    let t0 = Instant::now();
+    let mut drainer = Drainer::new(cfg);
+    while !shutdown.load(Ordering::Relaxed) {
+        match drainer.step(buffer, ingest, t0.elapsed(), observer)? {
+            Step::Progress => {}
+            Step::Sleep(d) => {
+                // Sleep in short slices so a shutdown request is honoured promptly.
+                let until = Instant::now() + d;
+                while !shutdown.load(Ordering::Relaxed) {
+                    let left = until.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    std::thread::sleep(left.min(Duration::from_millis(50)));
+                }
+            }
+        }
+    }
+    Ok(())
+}
