@@ -47,6 +47,39 @@ fn require_success(out: &Output, what: &str) {
     );
 }
 
+/// Cross-process lock (a directory) so two concurrent `cargo test` runs do not pip-install into
+/// the same venv at once. A lock older than ten minutes is considered stale and taken over.
+struct VenvLock(PathBuf);
+
+impl VenvLock {
+    fn acquire(path: PathBuf) -> Self {
+        let started = std::time::Instant::now();
+        loop {
+            match std::fs::create_dir(&path) {
+                Ok(()) => return VenvLock(path),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let stale = std::fs::metadata(&path)
+                        .and_then(|m| m.modified())
+                        .ok()
+                        .and_then(|t| t.elapsed().ok())
+                        .is_some_and(|age| age > std::time::Duration::from_secs(600));
+                    if stale || started.elapsed() > std::time::Duration::from_secs(900) {
+                        let _ = std::fs::remove_dir(&path);
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(500));
+                }
+                Err(e) => panic!("cannot create lock {}: {e}", path.display()),
+            }
+        }
+    }
+}
+
+impl Drop for VenvLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
 /// The venv's python, creating the venv and installing the pinned requirements when needed.
 fn prepare_venv(root: &Path) -> PathBuf {
     let venv = root.join("target").join("sql-venv");
@@ -54,6 +87,10 @@ fn prepare_venv(root: &Path) -> PathBuf {
     let requirements = root.join("sql").join("tests").join("requirements.txt");
     let wanted = std::fs::read_to_string(&requirements)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", requirements.display()));
+
+    std::fs::create_dir_all(root.join("target"))
+        .unwrap_or_else(|e| panic!("cannot create target/: {e}"));
+    let _lock = VenvLock::acquire(root.join("target").join("sql-venv.lock"));
 
     let version = run(
         Command::new("python3").arg("--version"),
