@@ -406,18 +406,24 @@ def _coerce_rows(ndjson_rows: Any) -> list[str]:
         if isinstance(item, str):
             if not item.strip():
                 continue
-            json.loads(item)  # fail here, with a clear error, on a malformed line
-            out.append(item.strip())
-        else:
-            out.append(json.dumps(item))
+            item = json.loads(item)  # fail here, with a clear error, on a malformed line
+        if _is_ledger_entry(item):
+            item = item["row"]
+        out.append(json.dumps(item))
     return out
+
+
+def _is_ledger_entry(item: Any) -> bool:
+    """A Snowpipe-emulator ledger line wraps the agent row: {"pipe", "channel", …, "row": {…}}."""
+    return isinstance(item, dict) and isinstance(item.get("row"), dict) and "channel" in item and "pipe" in item
 
 
 def load_rows_through_pipe(conn, ndjson_rows: Any) -> int:
     """Land agent rows in RAW_BADGE_EVENTS exactly as the pipe's transformation would.
 
-    ``ndjson_rows``: NDJSON text or bytes (one JSON object per line, e.g. the Snowpipe emulator's
-    ledger), or an iterable of JSON strings or dicts. Rows are loaded as one batch, like one append
+    ``ndjson_rows``: NDJSON text or bytes (one JSON object per line), or an iterable of JSON strings
+    or dicts. Lines of the Snowpipe emulator's ledger (``{"pipe", "channel", "offset_token", …,
+    "row": {…}}``) are unwrapped to their ``row``. Rows are loaded as one batch, like one append
     request. Returns the number of rows landed.
     """
     pipe = deployment(conn).pipe

@@ -374,3 +374,15 @@ def test_deployment_records_what_only_a_real_account_can_run(conn) -> None:
     print(f"\n{len(dep.executed)} statements executed, {len(dep.skipped)} skipped (need a real account):")
     for f, head in dep.skipped:
         print(f"  skipped {f}: {head[:70]}")
+
+
+def test_pipe_loader_accepts_emulator_ledger_lines(conn) -> None:
+    row = agent_row("gw-l", 1, "2025-01-10T09:00:00.000Z", credential=ALICE)
+    ledger_line = {"pipe": "BADGE_DB.RAW_INGESTION.RAW_BADGE_EVENTS_PIPE", "channel": "gw-l",
+                   "offset_token": "1", "start_offset_token": None, "row_index": 0,
+                   "committed_at_ms": 1736499600000, "row": row}
+    assert load_rows_through_pipe(conn, (json.dumps(ledger_line) + "\n").encode()) == 1
+    assert load_rows_through_pipe(conn, "") == 0
+    got = query(conn, f"SELECT event_id, raw_payload FROM {RAW}")
+    assert [r["event_id"] for r in got] == ["gw-l:1"]
+    assert json.loads(got[0]["raw_payload"]) == row
