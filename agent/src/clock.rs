@@ -14,6 +14,34 @@ pub fn now_unix_ms() -> i64 {
     }
 }
 
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock of GPIO edge-event timestamps, so reader
+/// timeouts and kernel-stamped edges can be compared directly.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    if rc != 0 {
+        return 0;
+    }
+    let secs = u64::try_from(ts.tv_sec).unwrap_or(0);
+    let nanos = u64::try_from(ts.tv_nsec).unwrap_or(0);
+    secs.saturating_mul(1_000_000_000).saturating_add(nanos)
+}
+
+/// Monotonic nanoseconds since the first call (no kernel edge timestamps off Linux).
+#[cfg(not(target_os = "linux"))]
+pub fn monotonic_ns() -> u64 {
+    use std::sync::OnceLock;
+    use std::time::Instant;
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    u64::try_from(ORIGIN.get_or_init(Instant::now).elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// Whether the kernel considers the system clock NTP-synchronised. `false` when unknown.
 pub fn clock_synced() -> bool {
     kernel_clock_synced().unwrap_or(false)
@@ -46,6 +74,14 @@ mod tests {
     #[test]
     fn now_is_after_2024() {
         assert!(now_unix_ms() > 1_704_067_200_000);
+    }
+
+    #[test]
+    fn monotonic_clock_moves_forward() {
+        let a = monotonic_ns();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let b = monotonic_ns();
+        assert!(b >= a + 1_000_000, "{a} -> {b}");
     }
 
     #[test]

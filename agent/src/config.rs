@@ -36,7 +36,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use reader_protocol::wiegand::FormatChoice;
 use serde::Deserialize;
+
+pub use crate::row::Direction;
 
 /// Where the service looks for its configuration unless told otherwise.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/badge-agent/config.toml";
@@ -294,26 +297,6 @@ impl fmt::Display for ReaderKind {
     }
 }
 
-/// Direction of travel through the reader's door.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Direction {
-    /// Entering the zone.
-    In,
-    /// Leaving the zone.
-    Out,
-}
-
-impl Direction {
-    /// The value written in the row's `direction` field.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::In => "in",
-            Self::Out => "out",
-        }
-    }
-}
-
 /// One `[[reader]]` entry as written. Kind-specific keys are checked by [`Config::validate`].
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -359,6 +342,8 @@ pub struct ReaderConfig {
     pub format: Option<String>,
     /// wiegand: end-of-frame silence (default 30 ms).
     pub frame_timeout_ms: Option<u64>,
+    /// wiegand: the reader has a keypad sending 4/8-bit key bursts (collected into PINs).
+    pub keypad: Option<bool>,
 
     /// simulated: swipes per second.
     pub rate_per_sec: Option<f64>,
@@ -451,8 +436,10 @@ pub enum ReaderSource {
         d0: u32,
         /// Line offset of D1.
         d1: u32,
-        /// Card format name.
-        format: String,
+        /// Card format.
+        format: FormatChoice,
+        /// 4/8-bit key bursts are collected into PINs.
+        keypad: bool,
         /// End-of-frame silence.
         frame_timeout: Duration,
     },
@@ -652,6 +639,7 @@ impl ReaderConfig {
                 "use 0 to 5000 ms; 1500 is the default",
             ));
         }
+        self.reject_foreign(key)?;
         let source = match self.kind {
             ReaderKind::Serial => self.serial(key)?,
             ReaderKind::Wiegand => self.wiegand(key)?,
@@ -668,11 +656,38 @@ impl ReaderConfig {
     }
 
     /// Keys that belong to other kinds are errors: they mean the entry is not what its author thinks.
-    fn reject_foreign(&self, key: &str, present: &[(&str, bool)]) -> Result<(), ConfigError> {
-        match present.iter().find(|(_, is_set)| *is_set) {
-            Some((name, _)) => Err(ConfigError::invalid(
+    fn reject_foreign(&self, key: &str) -> Result<(), ConfigError> {
+        use ReaderKind::{Serial, Simulated, Wiegand};
+        let kind_keys: &[(&str, bool, ReaderKind)] = &[
+            ("device", self.device.is_some(), Serial),
+            ("baud", self.baud.is_some(), Serial),
+            ("framing", self.framing.is_some(), Serial),
+            ("line_terminator", self.line_terminator.is_some(), Serial),
+            ("line_stx", self.line_stx.is_some(), Serial),
+            ("line_radix", self.line_radix.is_some(), Serial),
+            ("line_max_len", self.line_max_len.is_some(), Serial),
+            ("line_timeout_ms", self.line_timeout_ms.is_some(), Serial),
+            ("chip", self.chip.is_some(), Wiegand),
+            ("d0", self.d0.is_some(), Wiegand),
+            ("d1", self.d1.is_some(), Wiegand),
+            ("format", self.format.is_some(), Wiegand),
+            ("frame_timeout_ms", self.frame_timeout_ms.is_some(), Wiegand),
+            ("keypad", self.keypad.is_some(), Wiegand),
+            ("rate_per_sec", self.rate_per_sec.is_some(), Simulated),
+            ("count", self.count.is_some(), Simulated),
+            ("facility", self.facility.is_some(), Simulated),
+            ("population", self.population.is_some(), Simulated),
+        ];
+        match kind_keys
+            .iter()
+            .find(|(_, is_set, owner)| *is_set && *owner != self.kind)
+        {
+            Some((name, _, owner)) => Err(ConfigError::invalid(
                 format!("{key}.{name}"),
-                format!("not a setting of a {} reader", self.kind),
+                format!(
+                    "a setting of {owner} readers, not of a {} reader",
+                    self.kind
+                ),
                 format!("remove it, or change `{key}.kind`"),
             )),
             None => Ok(()),
@@ -680,20 +695,6 @@ impl ReaderConfig {
     }
 
     fn serial(&self, key: &str) -> Result<ReaderSource, ConfigError> {
-        self.reject_foreign(
-            key,
-            &[
-                ("chip", self.chip.is_some()),
-                ("d0", self.d0.is_some()),
-                ("d1", self.d1.is_some()),
-                ("format", self.format.is_some()),
-                ("frame_timeout_ms", self.frame_timeout_ms.is_some()),
-                ("rate_per_sec", self.rate_per_sec.is_some()),
-                ("count", self.count.is_some()),
-                ("facility", self.facility.is_some()),
-                ("population", self.population.is_some()),
-            ],
-        )?;
         let device = self.device.clone().ok_or_else(|| {
             ConfigError::invalid(
                 format!("{key}.device"),
@@ -754,18 +755,6 @@ impl ReaderConfig {
     }
 
     fn wiegand(&self, key: &str) -> Result<ReaderSource, ConfigError> {
-        self.reject_foreign(
-            key,
-            &[
-                ("device", self.device.is_some()),
-                ("baud", self.baud.is_some()),
-                ("framing", self.framing.is_some()),
-                ("rate_per_sec", self.rate_per_sec.is_some()),
-                ("count", self.count.is_some()),
-                ("facility", self.facility.is_some()),
-                ("population", self.population.is_some()),
-            ],
-        )?;
         let (Some(d0), Some(d1)) = (self.d0, self.d1) else {
             return Err(ConfigError::invalid(
                 format!("{key}.d0"),
@@ -780,7 +769,12 @@ impl ReaderConfig {
                 "D0 and D1 are two different wires; check the wiring diagram",
             ));
         }
-        let format = self.format.clone().unwrap_or_else(|| "auto".to_owned());
+        let format = match &self.format {
+            None => FormatChoice::Auto,
+            Some(name) => name.parse().map_err(|err| {
+                ConfigError::invalid(format!("{key}.format"), format!("`{name}`: {err}"), "pick one of the listed names; the format is printed on the card order or the reader's label")
+            })?,
+        };
         let frame_timeout_ms = self.frame_timeout_ms.unwrap_or(30);
         if !(25..=100).contains(&frame_timeout_ms) {
             return Err(ConfigError::invalid(
@@ -797,23 +791,12 @@ impl ReaderConfig {
             d0,
             d1,
             format,
+            keypad: self.keypad.unwrap_or(false),
             frame_timeout: Duration::from_millis(frame_timeout_ms),
         })
     }
 
     fn simulated(&self, key: &str) -> Result<ReaderSource, ConfigError> {
-        self.reject_foreign(
-            key,
-            &[
-                ("device", self.device.is_some()),
-                ("baud", self.baud.is_some()),
-                ("framing", self.framing.is_some()),
-                ("chip", self.chip.is_some()),
-                ("d0", self.d0.is_some()),
-                ("d1", self.d1.is_some()),
-                ("format", self.format.is_some()),
-            ],
-        )?;
         let rate_per_sec = self.rate_per_sec.unwrap_or(1.0);
         if !(rate_per_sec > 0.0 && rate_per_sec <= 100_000.0) {
             return Err(ConfigError::invalid(
@@ -1016,6 +999,10 @@ mod tests {
             (
                 &format!("{base}[[reader]]\nid = \"w\"\nkind = \"wiegand\"\nd0 = 4\nd1 = 5\nframe_timeout_ms = 5\n"),
                 "reader[0].frame_timeout_ms",
+            ),
+            (
+                &format!("{base}[[reader]]\nid = \"w\"\nkind = \"wiegand\"\nd0 = 4\nd1 = 5\nformat = \"h99\"\n"),
+                "reader[0].format",
             ),
             (
                 &format!("{base}[[reader]]\nid = \"a\"\nkind = \"simulated\"\n[[reader]]\nid = \"a\"\nkind = \"simulated\"\n"),

@@ -12,5 +12,6 @@ pub mod config;
 pub mod drain;
 pub mod row;
 pub mod health;
+pub mod readers;
 pub mod snowpipe;
 pub mod update;

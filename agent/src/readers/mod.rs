@@ -1,0 +1,378 @@
+//! Reader tasks: the I/O shells around the `reader-protocol` decoders.
+//!
+//! Each configured reader runs as one tokio task ([`spawn`]). The shells only move bytes or
+//! edges from the device into a decoder; everything they decode goes through one [`Emitter`]
+//! per reader, which suppresses repeats, stamps the swipe, hands it to the group committer and
+//! waits until it is durable. Reader trouble (unplugged adapter, noise, parity errors) is
+//! counted, logged and retried — never fatal to the agent.
+
+pub mod serial;
+pub mod simulated;
+pub mod wiegand;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use reader_protocol::{Dedup, DedupKey, DedupPolicy, ReaderEvent, Source, Verdict};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::buffer::GroupCommitHandle;
+use crate::clock;
+use crate::config::{ReaderSource, ReaderSpec};
+use crate::health::{Health, Heartbeat};
+use crate::row::{EventType, SwipeRecord};
+
+/// The agent version written into every row.
+pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// How often an idle reader loop turns anyway, so its heartbeat shows it is alive.
+const IDLE_TICK: Duration = Duration::from_secs(1);
+
+/// Fault rows are rate-limited per reader: a noisy line must not flood the buffer.
+const FAULT_ROW_INTERVAL_NS: u64 = 5_000_000_000;
+
+/// Starts the task of one reader. It runs until `shutdown` turns true.
+pub fn spawn(
+    spec: ReaderSpec,
+    health: Arc<Health>,
+    committer: GroupCommitHandle,
+    shutdown: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    let kind = match spec.source {
+        ReaderSource::Serial { .. } => "serial",
+        ReaderSource::Wiegand { .. } => "wiegand",
+        ReaderSource::Simulated { .. } => "simulated",
+    };
+    health.update_reader(&spec.id, |r| r.kind = kind.to_owned());
+    let heartbeat = health.heartbeat(&format!("reader:{}", spec.id));
+    let emitter = Emitter::new(spec.clone(), health, committer, heartbeat);
+    match spec.source {
+        ReaderSource::Serial {
+            device,
+            baud,
+            framing,
+            line,
+        } => tokio::spawn(serial::run(emitter, device, baud, framing, line, shutdown)),
+        ReaderSource::Wiegand {
+            chip,
+            d0,
+            d1,
+            format,
+            keypad,
+            frame_timeout,
+        } => tokio::spawn(wiegand::run(
+            emitter,
+            wiegand::WiegandLines {
+                chip,
+                d0,
+                d1,
+                format,
+                keypad,
+                frame_timeout,
+            },
+            shutdown,
+        )),
+        ReaderSource::Simulated {
+            rate_per_sec,
+            count,
+            facility,
+            population,
+        } => tokio::spawn(simulated::run(
+            emitter,
+            simulated::Script {
+                rate_per_sec,
+                count,
+                facility,
+                population,
+            },
+            shutdown,
+        )),
+    }
+}
+
+/// Builds the durable record of a decoded event.
+pub fn record_from_event(
+    spec: &ReaderSpec,
+    event: &ReaderEvent,
+    swiped_at_ms: i64,
+    clock_synced: bool,
+) -> SwipeRecord {
+    let credential = event.credential();
+    SwipeRecord {
+        event_type: match event {
+            ReaderEvent::Card(_) => EventType::Card,
+            ReaderEvent::Pin(_) => EventType::Pin,
+            ReaderEvent::Fault(_) => EventType::ReaderFault,
+        },
+        reader_id: spec.id.clone(),
+        zone_id: spec.zone.clone(),
+        door_id: spec.door.clone(),
+        direction: spec.direction,
+        credential: credential.map(|c| c.canonical().to_string()),
+        format: credential.map(|c| c.format_name().to_owned()),
+        facility_code: credential.and_then(|c| c.facility_code()).map(u64::from),
+        card_number: credential.and_then(|c| c.card_number()),
+        raw_bits: credential.map(|c| c.raw_bits_hex().to_string()),
+        bit_count: credential.map(|c| u32::from(c.bit_count())),
+        detail: event.detail().map(|d| d.to_string()),
+        swiped_at_ms,
+        clock_synced,
+        agent_version: AGENT_VERSION.to_owned(),
+    }
+}
+
+/// The common tail of every reader: dedup → stamp → durable → counted.
+#[derive(Debug)]
+pub struct Emitter {
+    spec: ReaderSpec,
+    source: Source,
+    health: Arc<Health>,
+    committer: GroupCommitHandle,
+    heartbeat: Heartbeat,
+    dedup: Dedup,
+    last_fault_row_ns: Option<u64>,
+}
+
+impl Emitter {
+    fn new(
+        spec: ReaderSpec,
+        health: Arc<Health>,
+        committer: GroupCommitHandle,
+        heartbeat: Heartbeat,
+    ) -> Self {
+        let source = match spec.source {
+            ReaderSource::Wiegand { .. } => Source::Wiegand,
+            ReaderSource::Serial { .. } | ReaderSource::Simulated { .. } => Source::Serial,
+        };
+        let rearm_ns = u64::try_from(spec.dedup_window.as_nanos()).unwrap_or(u64::MAX);
+        let dedup = Dedup::new(DedupPolicy {
+            rearm_ns,
+            ..DedupPolicy::default()
+        });
+        Self {
+            spec,
+            source,
+            health,
+            committer,
+            heartbeat,
+            dedup,
+            last_fault_row_ns: None,
+        }
+    }
+
+    /// The reader's id.
+    pub fn reader_id(&self) -> &str {
+        &self.spec.id
+    }
+
+    /// Marks a loop turn of the reader task.
+    pub fn beat(&self) {
+        self.heartbeat.beat();
+    }
+
+    /// Records whether the device is open.
+    pub fn set_connected(&self, connected: bool, error: Option<String>) {
+        let value = i64::from(connected);
+        self.health
+            .metrics
+            .reader_connected
+            .get_or_create(&crate::health::metrics::ReaderLabel {
+                reader: self.spec.id.clone(),
+            })
+            .set(value);
+        self.health.update_reader(&self.spec.id, |r| {
+            r.connected = connected;
+            if error.is_some() {
+                r.last_error = error;
+            }
+        });
+    }
+
+    /// Counts a reader problem that produced no event (device errors, noise).
+    pub fn count_error(&self, kind: &str, message: &str) {
+        self.health.metrics.reader_error(&self.spec.id, kind);
+        self.health.update_reader(&self.spec.id, |r| {
+            r.errors += 1;
+            r.last_error = Some(message.to_owned());
+        });
+    }
+
+    /// Handles one decoded event seen at monotonic time `mono_ns`; returns the swipe's sequence
+    /// number once it is durable (`None` when suppressed, rate-limited or refused).
+    pub async fn emit(&mut self, event: ReaderEvent, mono_ns: u64) -> Option<u64> {
+        self.beat();
+        if let Some(key) = DedupKey::for_event(self.source, &event) {
+            if self.dedup.observe(key, mono_ns) == Verdict::Suppress {
+                return None;
+            }
+        }
+        if let ReaderEvent::Fault(fault) = &event {
+            self.count_error(fault.kind(), &fault.to_string());
+            tracing::warn!(reader = %self.spec.id, fault = %fault, "reader fault");
+            let recent = self
+                .last_fault_row_ns
+                .is_some_and(|t| mono_ns.saturating_sub(t) < FAULT_ROW_INTERVAL_NS);
+            if recent {
+                return None;
+            }
+            self.last_fault_row_ns = Some(mono_ns);
+        }
+        let record = record_from_event(
+            &self.spec,
+            &event,
+            clock::now_unix_ms(),
+            clock::clock_synced(),
+        );
+        let swiped_at_ms = record.swiped_at_ms;
+        let credential = record.credential.clone();
+        match self.committer.commit(record).await {
+            Ok(seq) => {
+                if matches!(event, ReaderEvent::Card(_) | ReaderEvent::Pin(_)) {
+                    self.health
+                        .metrics
+                        .reader_swipes
+                        .get_or_create(&crate::health::metrics::ReaderLabel {
+                            reader: self.spec.id.clone(),
+                        })
+                        .inc();
+                    self.health.update_reader(&self.spec.id, |r| {
+                        r.swipes += 1;
+                        r.last_swipe_ms = Some(swiped_at_ms);
+                    });
+                }
+                tracing::debug!(
+                    reader = %self.spec.id,
+                    seq,
+                    event_type = event.event_type(),
+                    credential = credential.as_deref().unwrap_or("-"),
+                    "swipe durable"
+                );
+                Some(seq)
+            }
+            Err(err) => {
+                // Refusals (buffer full) are already counted by the buffer's observer.
+                tracing::error!(reader = %self.spec.id, error = %err, "swipe NOT stored");
+                self.health.update_reader(&self.spec.id, |r| {
+                    r.last_error = Some(format!("swipe not stored: {err}"));
+                });
+                None
+            }
+        }
+    }
+}
+
+/// Waits for `duration`, or less if shutdown is requested; returns true on shutdown.
+async fn sleep_or_shutdown(duration: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
+    if *shutdown.borrow() {
+        return true;
+    }
+    tokio::select! {
+        () = tokio::time::sleep(duration) => *shutdown.borrow(),
+        _ = shutdown.changed() => true,
+    }
+}
+
+/// Reconnect back-off for devices that disappear: 0.5 s doubling to 10 s.
+#[derive(Debug, Clone, Copy)]
+struct Reconnect {
+    delay: Duration,
+}
+
+impl Reconnect {
+    const FIRST: Duration = Duration::from_millis(500);
+    const MAX: Duration = Duration::from_secs(10);
+
+    fn new() -> Self {
+        Self { delay: Self::FIRST }
+    }
+
+    fn next_delay(&mut self) -> Duration {
+        let current = self.delay;
+        self.delay = (self.delay * 2).min(Self::MAX);
+        current
+    }
+
+    fn reset(&mut self) {
+        self.delay = Self::FIRST;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::config::Direction;
+    use reader_protocol::wiegand::{decode, FormatChoice};
+    use reader_protocol::Bits;
+
+    fn spec() -> ReaderSpec {
+        ReaderSpec {
+            id: "lobby".into(),
+            zone: Some("z1".into()),
+            door: Some("d1".into()),
+            direction: Some(Direction::In),
+            dedup_window: Duration::from_millis(1500),
+            source: ReaderSource::Simulated {
+                rate_per_sec: 1.0,
+                count: None,
+                facility: 1,
+                population: 1,
+            },
+        }
+    }
+
+    #[test]
+    fn card_event_fills_every_credential_field() {
+        let bits = Bits::from_bit_str("10111101100010001110101110").unwrap();
+        let card = decode(FormatChoice::Auto, bits).unwrap();
+        let rec = record_from_event(&spec(), &ReaderEvent::Card(card), 1_700_000_000_123, true);
+        assert_eq!(rec.event_type, EventType::Card);
+        assert_eq!(rec.credential.as_deref(), Some("H10301:123:4567"));
+        assert_eq!(rec.format.as_deref(), Some("H10301"));
+        assert_eq!(rec.facility_code, Some(123));
+        assert_eq!(rec.card_number, Some(4567));
+        assert_eq!(rec.raw_bits.as_deref(), Some("02f623ae"));
+        assert_eq!(rec.bit_count, Some(26));
+        assert_eq!(rec.detail, None);
+        assert_eq!(rec.zone_id.as_deref(), Some("z1"));
+        assert_eq!(rec.direction, Some(Direction::In));
+        assert_eq!(rec.agent_version, AGENT_VERSION);
+        let line = String::from_utf8(rec.to_json_line("gw", 7)).unwrap();
+        assert!(line.contains("\"event_id\":\"gw:7\""), "{line}");
+    }
+
+    #[test]
+    fn fault_event_has_a_reason_and_no_credential() {
+        // H10301 frame with a flipped parity bit.
+        let bits = Bits::from_bit_str("00111101100010001110101110").unwrap();
+        let fault = ReaderEvent::from(decode(FormatChoice::Auto, bits).unwrap_err());
+        let rec = record_from_event(&spec(), &fault, 0, false);
+        assert_eq!(rec.event_type, EventType::ReaderFault);
+        assert_eq!(rec.credential, None);
+        assert!(rec.detail.as_deref().unwrap().contains("parity"), "{rec:?}");
+        assert!(!rec.clock_synced);
+    }
+
+    #[test]
+    fn pin_event_keeps_only_the_length() {
+        let pin = reader_protocol::wiegand::Pin::from_digits(&[1, 2, 3, 4]).unwrap();
+        let rec = record_from_event(&spec(), &ReaderEvent::Pin(pin), 0, true);
+        assert_eq!(rec.event_type, EventType::Pin);
+        assert_eq!(rec.detail.as_deref(), Some("pin_length=4"));
+        let line = String::from_utf8(rec.to_json_line("gw", 1)).unwrap();
+        assert!(
+            !line.contains("1234"),
+            "the PIN must not leave the gateway: {line}"
+        );
+    }
+
+    #[test]
+    fn reconnect_backoff_doubles_and_caps() {
+        let mut r = Reconnect::new();
+        let delays: Vec<_> = (0..7).map(|_| r.next_delay().as_millis()).collect();
+        assert_eq!(delays, vec![500, 1000, 2000, 4000, 8000, 10_000, 10_000]);
+        r.reset();
+        assert_eq!(r.next_delay().as_millis(), 500);
+    }
+}

@@ -1,0 +1,223 @@
+//! Serial readers (RDM6300 / EM4100 modules, ID-12LA, converters, ASCII line readers) over
+//! `tokio-serial`.
+//!
+//! The device is reopened with back-off whenever it disappears: a USB-serial adapter that is
+//! unplugged makes reads fail, and when it is plugged back the same path (best a stable
+//! `/dev/serial/by-id/…` link) opens again.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use reader_protocol::serial::{
+    Em4100Framer, Em4100Framing, Framer, LineConfig, LineReader, Radix, SerialDecoder, SerialError,
+    Terminator,
+};
+use reader_protocol::ReaderEvent;
+use tokio::io::AsyncReadExt;
+use tokio::sync::watch;
+use tokio_serial::SerialPortBuilderExt;
+
+use super::{sleep_or_shutdown, Emitter, Reconnect, IDLE_TICK};
+use crate::clock;
+use crate::config::{LineRadix, LineSettings, LineTerminator, SerialFraming};
+
+/// The decoder of a configured framing.
+pub fn decoder(framing: SerialFraming, line: LineSettings) -> SerialDecoder {
+    match framing {
+        SerialFraming::Rdm6300 => SerialDecoder::Em4100(Em4100Framer::new(Em4100Framing::Rdm6300)),
+        SerialFraming::Id12 => SerialDecoder::Em4100(Em4100Framer::new(Em4100Framing::Id12)),
+        SerialFraming::Line => SerialDecoder::Line(LineReader::new(LineConfig {
+            terminator: match line.terminator {
+                LineTerminator::Cr => Terminator::Cr,
+                LineTerminator::Lf => Terminator::Lf,
+                LineTerminator::Crlf => Terminator::CrLf,
+                LineTerminator::Etx => Terminator::Etx,
+            },
+            stx: line.stx,
+            radix: match line.radix {
+                LineRadix::Hex => Radix::Hex,
+                LineRadix::Decimal => Radix::Decimal,
+            },
+            max_len: u16::try_from(line.max_len).unwrap_or(u16::MAX),
+            inter_byte_timeout_ns: Some(u64::try_from(line.timeout.as_nanos()).unwrap_or(u64::MAX)),
+            ..LineConfig::default()
+        })),
+    }
+}
+
+/// Noise before the first frame is normal (a module powered up mid-frame); it is counted but
+/// does not become a fault row.
+fn is_noise(err: &SerialError) -> bool {
+    matches!(err, SerialError::Junk { .. })
+}
+
+/// Runs one serial reader until shutdown.
+pub async fn run(
+    mut emitter: Emitter,
+    device: PathBuf,
+    baud: u32,
+    framing: SerialFraming,
+    line: LineSettings,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut reconnect = Reconnect::new();
+    let mut was_connected = true; // so the first failure is logged
+    while !*shutdown.borrow() {
+        emitter.beat();
+        let port = tokio_serial::new(device.to_string_lossy(), baud)
+            .timeout(Duration::from_millis(100))
+            .open_native_async();
+        let mut port = match port {
+            Ok(port) => port,
+            Err(err) => {
+                let message = format!("cannot open {}: {err}", device.display());
+                if was_connected {
+                    tracing::warn!(
+                        reader = emitter.reader_id(),
+                        "{message}; retrying with back-off"
+                    );
+                    emitter.count_error("open", &message);
+                }
+                was_connected = false;
+                emitter.set_connected(false, Some(message));
+                if sleep_or_shutdown(reconnect.next_delay(), &mut shutdown).await {
+                    break;
+                }
+                continue;
+            }
+        };
+        tracing::info!(reader = emitter.reader_id(), device = %device.display(), baud, "serial reader connected");
+        emitter.set_connected(true, None);
+        was_connected = true;
+        reconnect.reset();
+        // A fresh decoder per connection: a frame cut by the unplug must not merge with the next.
+        let mut decoder = decoder(framing, line);
+        let mut buf = [0_u8; 256];
+        loop {
+            emitter.beat();
+            let wait = decoder
+                .poll_timeout()
+                .map_or(IDLE_TICK, |deadline| {
+                    Duration::from_nanos(deadline.saturating_sub(clock::monotonic_ns()))
+                })
+                .min(IDLE_TICK);
+            let read = tokio::select! {
+                read = tokio::time::timeout(wait, port.read(&mut buf)) => read,
+                _ = shutdown.changed() => break,
+            };
+            let now = clock::monotonic_ns();
+            let chunk = match read {
+                Err(_elapsed) => {
+                    if let Some(out) = decoder
+                        .poll_timeout()
+                        .filter(|d| *d <= now)
+                        .and_then(|_| decoder.flush(now))
+                    {
+                        handle(&mut emitter, out, now).await;
+                    }
+                    continue;
+                }
+                Ok(Ok(0)) => {
+                    disconnected(&emitter, &device, "end of stream");
+                    break;
+                }
+                Ok(Ok(n)) => &buf[..n],
+                Ok(Err(err)) => {
+                    disconnected(&emitter, &device, &err.to_string());
+                    break;
+                }
+            };
+            // Collect first: the decoder borrows `chunk` and emitting awaits.
+            let outputs: Vec<_> = decoder.feed(chunk, now).collect();
+            for out in outputs {
+                handle(&mut emitter, out, now).await;
+            }
+        }
+    }
+    emitter.set_connected(false, None);
+}
+
+fn disconnected(emitter: &Emitter, device: &std::path::Path, why: &str) {
+    let message = format!("{} disconnected: {why}", device.display());
+    tracing::warn!(reader = emitter.reader_id(), "{message}; reopening");
+    emitter.count_error("disconnected", &message);
+    emitter.set_connected(false, Some(message));
+}
+
+async fn handle(
+    emitter: &mut Emitter,
+    out: Result<reader_protocol::Credential, SerialError>,
+    now: u64,
+) {
+    match out {
+        Ok(card) => {
+            emitter.emit(ReaderEvent::Card(card), now).await;
+        }
+        Err(err) if is_noise(&err) => {
+            emitter.count_error("noise", &err.to_string());
+            tracing::debug!(reader = emitter.reader_id(), error = %err, "serial noise skipped");
+        }
+        Err(err) => {
+            emitter.emit(ReaderEvent::from(err), now).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn rdm6300(id: &str) -> Vec<u8> {
+        let bytes: Vec<u8> = (0..5)
+            .map(|i| u8::from_str_radix(&id[2 * i..2 * i + 2], 16).unwrap())
+            .collect();
+        let checksum = bytes.iter().fold(0, |a, b| a ^ b);
+        let mut frame = vec![0x02];
+        frame.extend(format!("{id}{checksum:02X}").bytes());
+        frame.push(0x03);
+        frame
+    }
+
+    #[test]
+    fn configured_framings_decode_their_frames() {
+        let mut rdm = decoder(SerialFraming::Rdm6300, LineSettings::default());
+        let out: Vec<_> = rdm.feed(&rdm6300("0A00123456"), 0).collect();
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            out[0].as_ref().unwrap().canonical().to_string(),
+            "EM4100:0a00123456"
+        );
+
+        let settings = LineSettings {
+            terminator: LineTerminator::Crlf,
+            radix: LineRadix::Decimal,
+            ..LineSettings::default()
+        };
+        let mut line = decoder(SerialFraming::Line, settings);
+        let out: Vec<_> = line.feed(b"0013530444\r\n", 0).collect();
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            out[0].as_ref().unwrap().canonical().to_string(),
+            "DEC:13530444"
+        );
+    }
+
+    #[test]
+    fn junk_is_noise_but_checksum_errors_are_faults() {
+        let mut rdm = decoder(SerialFraming::Rdm6300, LineSettings::default());
+        let mut frame = rdm6300("0A00123456");
+        frame[11] = b'0';
+        frame[12] = b'0';
+        let mut input = b"zz".to_vec();
+        input.extend(frame);
+        let errors: Vec<_> = rdm.feed(&input, 0).filter_map(Result::err).collect();
+        assert!(errors.iter().any(is_noise), "{errors:?}");
+        assert!(
+            errors
+                .iter()
+                .any(|e| matches!(e, SerialError::Checksum { .. })),
+            "{errors:?}"
+        );
+    }
+}
