@@ -484,6 +484,16 @@ impl Model {
         new_rows
     }
 
+    /// Makes every pending batch due now and commits them all (tests use it to pick the moment).
+    pub fn commit_all_now(&mut self, now_ms: u64) -> Vec<CommittedRow> {
+        for ch in self.channels.values_mut() {
+            for b in &mut ch.pending {
+                b.due_ms = 0;
+            }
+        }
+        self.tick(now_ms)
+    }
+
     /// Committed rows of one channel (case-insensitive), or of all channels for `None`.
     pub fn ledger(&self, channel: Option<&str>) -> Vec<CommittedRow> {
         self.ledger
@@ -836,6 +846,19 @@ mod tests {
             assert!(st.contains_key(f), "missing {f}");
         }
         assert_eq!(st["created_on_ms"], 5);
+    }
+
+    #[test]
+    fn commit_all_now_ignores_the_delay() {
+        let mut m = model();
+        m.commit_delay_ms = 600_000;
+        let (t0, _) = m.open(0, "c", &fail(), 0).unwrap();
+        m.append(0, "c", &t0, &offs("1", "2"), parse_ndjson(b"{}\n{}"), 0)
+            .unwrap();
+        assert!(m.tick(1000).is_empty());
+        assert_eq!(m.commit_all_now(1001).len(), 2);
+        assert_eq!(committed(&m, "c"), "2");
+        assert_eq!(m.ledger(None)[0].committed_at_ms, 1001);
     }
 
     #[test]

@@ -141,6 +141,11 @@ struct Shared {
 }
 
 impl Shared {
+    fn commit_now(&self) {
+        let rows = lock(&self.model).commit_all_now(now_ms());
+        self.write_ledger(&rows);
+    }
+
     fn record(&self, req: &Request, status: u16, fault: Option<FaultAction>) {
         debug!(method = %req.method, path = %req.path, status, fault = ?fault.map(|f| f.to_string()), "request");
         if req.path.starts_with("/admin/") {
@@ -161,13 +166,16 @@ impl Shared {
 
     fn tick(&self) {
         let rows = lock(&self.model).tick(now_ms());
-        if rows.is_empty() {
-            return;
+        if !rows.is_empty() {
+            self.write_ledger(&rows);
         }
+    }
+
+    fn write_ledger(&self, rows: &[CommittedRow]) {
         debug!(rows = rows.len(), "committed");
         if let Some(f) = &self.ledger_file {
             let mut f = lock(f);
-            for r in &rows {
+            for r in rows {
                 if let Err(e) = serde_json::to_writer(&mut *f, r)
                     .and_then(|_| f.write_all(b"\n").map_err(serde_json::Error::io))
                 {
@@ -344,6 +352,11 @@ impl EmulatorHandle {
     /// Changes the commit delay for later appends.
     pub fn set_commit_delay(&self, delay: Duration) {
         lock(&self.shared.model).commit_delay_ms = delay.as_millis() as u64;
+    }
+
+    /// Commits every in-flight batch now, whatever the commit delay.
+    pub fn commit_now(&self) {
+        self.shared.commit_now();
     }
 
     /// Forgets channels, committed rows and faults.
@@ -1056,6 +1069,10 @@ fn admin(sh: &Shared, req: &Request, what: &str, peer: SocketAddr) -> Result<Res
         ("POST", "reset") => {
             lock(&sh.model).reset();
             *lock(&sh.faults) = FaultEngine::default();
+            Ok(Response::json(200, &json!({})))
+        }
+        ("POST", "commit") => {
+            sh.commit_now();
             Ok(Response::json(200, &json!({})))
         }
         ("POST", "expire-tokens") => {

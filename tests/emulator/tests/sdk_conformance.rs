@@ -50,7 +50,7 @@ fn sdk_python() -> PathBuf {
         let check = format!(
             "import importlib.metadata as m, snowflake.ingest.streaming; assert m.version('snowpipe-streaming') == '{SDK_VERSION}'"
         );
-        let ready = py.exists() && Command::new(&py).args(["-c", &check]).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+        let ready = py.exists() && Command::new(&py).args(["-c", &check]).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
         if !ready {
             let v = Command::new("python3").arg("--version").output();
             assert!(
@@ -115,6 +115,47 @@ fn fixture(commit_delay: Duration) -> Fixture {
     }
 }
 
+struct Running {
+    child: std::process::Child,
+    scenario: String,
+    out_path: PathBuf,
+    err_path: PathBuf,
+}
+
+impl Running {
+    fn wait(mut self) -> Run {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "driver {} timed out; stderr:\n{}",
+                    self.scenario,
+                    std::fs::read_to_string(&self.err_path).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let stdout = std::fs::read_to_string(&self.out_path).unwrap_or_default();
+        let stderr = std::fs::read_to_string(&self.err_path).unwrap_or_default();
+        let result = stdout
+            .lines()
+            .rev()
+            .find_map(|l| l.strip_prefix("RESULT "))
+            .map(|j| serde_json::from_str(j).unwrap())
+            .unwrap_or(Value::Null);
+        Run {
+            code: status.code(),
+            result,
+            stderr,
+        }
+    }
+}
+
 struct Run {
     code: Option<i32>,
     result: Value,
@@ -123,6 +164,10 @@ struct Run {
 
 impl Fixture {
     fn driver(&self, scenario: &str, channel: &str, extra: Value) -> Run {
+        self.spawn_driver(scenario, channel, extra).wait()
+    }
+
+    fn spawn_driver(&self, scenario: &str, channel: &str, extra: Value) -> Running {
         let mut cfg = json!({
             // Lower-case on purpose: the emulator must normalise like Snowflake.
             "url": self.emu.url(), "account": "myorg-myacct", "user": "ingest_user", "role": "INGEST_ROLE",
@@ -163,34 +208,12 @@ impl Fixture {
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&out_path).unwrap())
             .stderr(std::fs::File::create(&err_path).unwrap());
-        let mut child = cmd.spawn().expect("spawning the SDK driver");
-        let deadline = Instant::now() + Duration::from_secs(120);
-        let status = loop {
-            if let Some(s) = child.try_wait().unwrap() {
-                break s;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "driver {scenario} timed out; stderr:\n{}",
-                    std::fs::read_to_string(&err_path).unwrap_or_default()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
-        let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
-        let result = stdout
-            .lines()
-            .rev()
-            .find_map(|l| l.strip_prefix("RESULT "))
-            .map(|j| serde_json::from_str(j).unwrap())
-            .unwrap_or(Value::Null);
-        Run {
-            code: status.code(),
-            result,
-            stderr,
+        let child = cmd.spawn().expect("spawning the SDK driver");
+        Running {
+            child,
+            scenario: scenario.to_string(),
+            out_path,
+            err_path,
         }
     }
 
@@ -268,8 +291,9 @@ fn sdk_open_append_commit_crash_resume_drop() {
         .any(|r| r.path.ends_with(":pipe-info") && r.status == 200));
     assert!(reqs.iter().any(|r| r.method == "DELETE" && r.status == 200));
 
-    // 2. Crash after an append, before the commit (§15.6).
-    f.emu.set_commit_delay(Duration::from_secs(3));
+    // 2. Crash after an append, before the commit (§15.6). The commit is held back until the
+    //    restarted client has seen a 409, so the test does not depend on machine speed.
+    f.emu.set_commit_delay(Duration::from_secs(600));
     let crash = f.driver("crash", "gw01-rfid", json!({"first": 1, "last": 5}));
     assert_eq!(
         crash.code,
@@ -290,7 +314,24 @@ fn sdk_open_append_commit_crash_resume_drop() {
 
     // 3. A new process reopens: 409 while the batch is uncommitted, then resumes after "5".
     let before = f.emu.requests().len();
-    let out = f.driver_ok("resume", "gw01-rfid", json!({"last": 8}));
+    let resume = f.spawn_driver("resume", "gw01-rfid", json!({"last": 8}));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !f.emu.requests()[before..]
+        .iter()
+        .any(|r| r.method == "PUT" && r.status == 409)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the restarted SDK never got a 409: {:#?}",
+            &f.emu.requests()[before..]
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    f.emu.set_commit_delay(Duration::from_millis(300));
+    f.emu.commit_now();
+    let r = resume.wait();
+    assert_eq!(r.code, Some(0), "resume failed:\n{}", tail(&r.stderr));
+    let out = r.result;
     let opens: Vec<_> = f.emu.requests()[before..]
         .iter()
         .filter(|r| r.method == "PUT")

@@ -497,6 +497,22 @@ fn channel_lifecycle_over_the_wire() {
         .unwrap();
     assert_eq!((r.status, r.json()), (200, json!({})));
     assert!(c.status(&["gw-01/rfid A"]).as_object().unwrap().is_empty());
+    // Admin commit: a batch due in 10 minutes commits on request.
+    emu.set_commit_delay(Duration::from_secs(600));
+    let t = c.open("slow", json!({})).json()["next_continuation_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(c.append("slow", &t, 1, 1, b"{}", None).unwrap().status, 200);
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(emu.ledger("slow").is_empty());
+    assert_eq!(
+        call(emu.addr, emu.ca_pem(), "POST", "/admin/commit", &[], b"")
+            .unwrap()
+            .status,
+        200
+    );
+    assert_eq!(emu.ledger("slow").len(), 1);
     // Reset clears everything.
     assert_eq!(
         call(emu.addr, emu.ca_pem(), "POST", "/admin/reset", &[], b"")
