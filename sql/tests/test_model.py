@@ -386,3 +386,12 @@ def test_pipe_loader_accepts_emulator_ledger_lines(conn) -> None:
     got = query(conn, f"SELECT event_id, raw_payload FROM {RAW}")
     assert [r["event_id"] for r in got] == ["gw-l:1"]
     assert json.loads(got[0]["raw_payload"]) == row
+
+
+def test_fake_snowflake_deploys_the_model_from_scratch() -> None:
+    """The entry point a full-pipeline test uses: fresh fakesnow, full deploy, pipe, one DAG pass."""
+    with h.fake_snowflake() as c:
+        assert load_rows_through_pipe(c, [agent_row("gw-f", 1, "2025-01-10T09:00:00.000Z", credential=ALICE)]) == 1
+        assert run_dag(c).state == "SUCCEEDED"
+        assert [r["event_id"] for r in query(c, f"SELECT event_id FROM {FCT}")] == ["gw-f:1"]
+        assert run_dag(c).state == "SKIPPED"
