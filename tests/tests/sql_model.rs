@@ -151,10 +151,7 @@ fn passed_count(output: &str) -> u64 {
         .lines()
         .rev()
         .find_map(|line| {
-            let words: Vec<&str> = line
-                .split(|c: char| c == ' ' || c == ',')
-                .filter(|w| !w.is_empty())
-                .collect();
+            let words: Vec<&str> = line.split([' ', ',']).filter(|w| !w.is_empty()).collect();
             words
                 .windows(2)
                 .find(|w| w[1] == "passed")
