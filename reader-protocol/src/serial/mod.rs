@@ -7,7 +7,7 @@
 //! * [`em4100`]: RDM6300-class modules (14-byte ASCII-checksum frames and 13-byte binary-checksum
 //!   clones) and the EM4100 ID with its printed renderings.
 //! * [`id12`]: ID Innovations ID-12LA / ID-20LA 16-byte frames (handled by the same framer).
-//! * [`line`]: configurable line reader for converters and ASCII readers.
+//! * [`mod@line`]: configurable line reader for converters and ASCII readers.
 
 pub mod em4100;
 pub mod id12;
