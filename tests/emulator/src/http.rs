@@ -92,7 +92,33 @@ pub async fn read_request<S: AsyncRead + Unpin>(
     buf: &mut Vec<u8>,
     max_body: usize,
 ) -> Result<Request, ReadError> {
-    let (head_len, mut req, body_kind) = loop {
+    let (req, kind) = read_head(s, buf).await?;
+    read_body(s, buf, req, kind, max_body).await
+}
+
+/// How the body of a request is framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKind {
+    /// `Content-Length` (0 when absent).
+    Length(usize),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+}
+
+impl Request {
+    /// Whether the client waits for `100 Continue` before sending the body (curl does for large bodies).
+    pub fn expects_continue(&self) -> bool {
+        self.header("expect")
+            .is_some_and(|e| e.eq_ignore_ascii_case("100-continue"))
+    }
+}
+
+/// Reads a request head (the body is left unread).
+pub async fn read_head<S: AsyncRead + Unpin>(
+    s: &mut S,
+    buf: &mut Vec<u8>,
+) -> Result<(Request, BodyKind), ReadError> {
+    let (head_len, req, body_kind) = loop {
         let mut headers = [httparse::EMPTY_HEADER; 64];
         let mut r = httparse::Request::new(&mut headers);
         match r.parse(buf) {
@@ -156,8 +182,19 @@ pub async fn read_request<S: AsyncRead + Unpin>(
         }
     };
     buf.drain(..head_len);
-    match body_kind {
-        Some(len) => {
+    Ok((req, body_kind.map_or(BodyKind::Chunked, BodyKind::Length)))
+}
+
+/// Reads the body of a request whose head [`read_head`] returned.
+pub async fn read_body<S: AsyncRead + Unpin>(
+    s: &mut S,
+    buf: &mut Vec<u8>,
+    mut req: Request,
+    kind: BodyKind,
+    max_body: usize,
+) -> Result<Request, ReadError> {
+    match kind {
+        BodyKind::Length(len) => {
             if len > max_body {
                 // Read and discard a moderately oversized body so the client, still sending,
                 // gets to read the 413 instead of a connection reset.
@@ -184,7 +221,7 @@ pub async fn read_request<S: AsyncRead + Unpin>(
             }
             req.body = buf.drain(..len).collect();
         }
-        None => req.body = read_chunked(s, buf, max_body).await?,
+        BodyKind::Chunked => req.body = read_chunked(s, buf, max_body).await?,
     }
     Ok(req)
 }

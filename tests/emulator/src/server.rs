@@ -483,7 +483,7 @@ async fn connection(
 ) {
     let mut buf = Vec::new();
     loop {
-        let req = match http::read_request(&mut tls, &mut buf, MAX_WIRE_BODY).await {
+        let req = match read_one(&mut tls, &mut buf).await {
             Ok(r) => r,
             Err(ReadError::Closed) => return,
             Err(ReadError::TooLarge(n)) => {
@@ -569,6 +569,25 @@ async fn connection(
             }
         }
     }
+}
+
+/// Reads one request, answering `Expect: 100-continue` (413 straight away when too large).
+async fn read_one(
+    tls: &mut tokio_rustls::server::TlsStream<TcpStream>,
+    buf: &mut Vec<u8>,
+) -> Result<Request, ReadError> {
+    use tokio::io::AsyncWriteExt as _;
+    let (req, kind) = http::read_head(tls, buf).await?;
+    if req.expects_continue() {
+        if let http::BodyKind::Length(n) = kind {
+            if n > MAX_WIRE_BODY {
+                return Err(ReadError::TooLarge(n));
+            }
+        }
+        tls.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+        tls.flush().await?;
+    }
+    http::read_body(tls, buf, req, kind, MAX_WIRE_BODY).await
 }
 
 fn canned(a: FaultAction) -> Response {
