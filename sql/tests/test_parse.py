@@ -105,6 +105,17 @@ def test_deploy_all_sources_every_model_file_in_order() -> None:
         assert re.search(rf"^--\s*!source\s+{re.escape(opt)}\s*$", text, re.MULTILINE), opt
 
 
+def test_deploy_all_splits_into_source_commands_like_the_clients_do() -> None:
+    """snow sql and SnowSQL split with the connector's splitter; each !source must stand alone."""
+    import io
+
+    from snowflake.connector.util_text import split_statements
+
+    text = (h.SQL_DIR / "deploy_all.sql").read_text()
+    stmts = [s.strip() for s, _ in split_statements(io.StringIO(text), remove_comments=True) if s.strip()]
+    assert stmts == [f"!source {p.name}" for p in h.deploy_order()]
+
+
 _CREATE_RE = re.compile(
     r"^CREATE\s+(?:OR\s+REPLACE\s+)?(?:SECURE\s+)?"
     r"(?P<kind>DATABASE|SCHEMA|WAREHOUSE|ROLE|USER|NOTIFICATION\s+INTEGRATION|DYNAMIC\s+TABLE|TABLE|VIEW|"
