@@ -380,6 +380,8 @@ fn sdk_retries_faults_and_lands_every_row_exactly_once() {
         (4, FaultAction::AppliedThen503), // applied, response lost -> retry is an idempotent replay
         (6, FaultAction::InternalError), // second row: one 500, then success
         (8, FaultAction::NotFoundEmpty), // misclassified 404 -> retried
+        (10, FaultAction::AppliedThenReset), // fourth row: applied, connection reset -> replay
+        (12, FaultAction::Reset),       // fifth row: connection reset before anything is applied
     ] {
         f.emu
             .add_fault(FaultRule::nth(Op::Append, nth, action).on_channel("gw02"));
@@ -398,7 +400,7 @@ fn sdk_retries_faults_and_lands_every_row_exactly_once() {
     let fired: Vec<u64> = f.emu.faults().iter().map(|(_, _, fired)| *fired).collect();
     assert_eq!(
         fired,
-        vec![1; 7],
+        vec![1; 9],
         "every fault fired once: {:#?}",
         f.emu.faults()
     );
