@@ -141,3 +141,36 @@ fn pin_errors_are_reported() {
     assert_eq!(hal.poll(1), Err(PinError::D0(MockError)));
     let (_a, _b) = hal.release();
 }
+
+/// 200,000 polls with random pin levels and random time steps (a noisy or unplugged reader):
+/// no panic, every frame within 128 bits, and the filter both passes and rejects frames.
+#[test]
+fn fuzz_random_levels_without_panic() {
+    let (d0, d1) = (pin(), pin());
+    let mut hal = HalWiegand::new(d0.clone(), d1.clone(), AssemblerConfig::default());
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let (mut t, mut ok, mut bad) = (0u64, 0u32, 0u32);
+    for _ in 0..200_000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        // Mostly idle, sometimes one line low, rarely both.
+        let state = x % 400;
+        d0.low.set(state < 60 || state == 399);
+        d1.low.set((60..120).contains(&state) || state == 399);
+        t += if (x >> 40) % 40 == 0 {
+            40_000_000
+        } else {
+            (x >> 20) % 3_000_000
+        };
+        match hal.poll(t).unwrap() {
+            Some(Ok(f)) => {
+                assert!(f.bits.len() <= 128);
+                ok += 1;
+            }
+            Some(Err(_)) => bad += 1,
+            None => {}
+        }
+    }
+    assert!(ok > 0 && bad > 0, "ok {ok} bad {bad}");
+}

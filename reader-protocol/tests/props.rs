@@ -155,15 +155,39 @@ impl Rng {
     }
 }
 
-/// 1,000,000 deterministic random cases, each feeding one arbitrary input to every decoder of its
-/// kind: Wiegand frames (every format, auto, raw, keypad, PIN modes, the reader decoder), edge
-/// sequences (assembler, both edge modes), byte strings (EM4100 framer in its three framings and
-/// the line reader in hex/decimal/STX configurations), bit strings and dedup/PIN sequences.
-/// Every decoder sees ≥ 200,000 inputs; nothing may panic and the invariants must hold.
+/// Total deterministic random cases of the no-panic fuzz, split over the three tests below so
+/// they run in parallel: 1,000,000.
+const FUZZ_CASES: u64 = 1_000_000;
+
+/// 400,000 cases: Wiegand frames (every format, auto, raw, keypad, PIN modes, the reader
+/// decoder) alternating with bit strings, PIN collector keys and dedup observations.
 #[test]
-fn fuzz_one_million_cases_without_panic() {
-    const CASES: u64 = 1_000_000;
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+fn fuzz_frames_and_misc_without_panic() {
+    let (outputs, _) = fuzz(&[0, 4], FUZZ_CASES * 2 / 5, 0x9E37_79B9_7F4A_7C15);
+    assert!(outputs > 50_000, "only {outputs} outputs");
+}
+
+/// 200,000 edge sequences into the assembler (falling-only and both-edge modes).
+#[test]
+fn fuzz_edges_without_panic() {
+    let (outputs, (frames, glitches)) = fuzz(&[1], FUZZ_CASES / 5, 0xD1B5_4A32_D192_ED03);
+    assert!(outputs > 50_000, "only {outputs} outputs");
+    assert!(frames > 0 && glitches > 0);
+}
+
+/// 400,000 byte strings into the EM4100 framer (three framings) and three line readers.
+#[test]
+fn fuzz_bytes_without_panic() {
+    let (outputs, _) = fuzz(&[2], FUZZ_CASES * 2 / 5, 0x2545_F491_4F6C_DD1D);
+    assert!(outputs > 50_000, "only {outputs} outputs");
+}
+
+/// Runs `cases` deterministic random cases cycling through `kinds` (0 Wiegand frames, 1 edge
+/// sequences, 2 byte strings, 4 bit strings / keys / dedup), feeding each arbitrary input to every
+/// decoder of its kind. Nothing may panic and the invariants must hold. Returns the number of
+/// decoder outputs and the (valid frames, glitches) counted by the both-edge / falling assemblers.
+fn fuzz(kinds: &[u64], cases: u64, seed: u64) -> (u64, (u64, u64)) {
+    let mut rng = Rng(seed);
     let mut reader = WiegandDecoder::new(WiegandReaderConfig {
         format: FormatChoice::Auto,
         keypad: Some(KeypadConfig::default()),
@@ -200,9 +224,9 @@ fn fuzz_one_million_cases_without_panic() {
     let mut buf = Vec::with_capacity(64);
     let mut outputs = 0u64;
 
-    for case in 0..CASES {
+    for case in 0..cases {
         now += rng.below(50_000_000);
-        match case % 5 {
+        match kinds[(case % kinds.len() as u64) as usize] {
             0 => {
                 // A Wiegand frame of any length, often one of the table lengths.
                 let len = if rng.below(2) == 0 {
@@ -276,7 +300,7 @@ fn fuzz_one_million_cases_without_panic() {
                     }
                 }
             }
-            2 | 3 => {
+            2 => {
                 // An arbitrary byte string, in one or several chunks.
                 buf.clear();
                 for _ in 0..rng.below(40) {
@@ -329,7 +353,9 @@ fn fuzz_one_million_cases_without_panic() {
             }
         }
     }
-    // The fuzz must actually exercise the decoders, not just reject everything.
-    assert!(outputs > 100_000, "only {outputs} outputs");
-    assert!(asm_both.stats().frames > 0 && asm_falling.stats().glitches > 0);
+    // The callers check that the fuzz exercised the decoders, not just rejected everything.
+    (
+        outputs,
+        (asm_both.stats().frames, asm_falling.stats().glitches),
+    )
 }

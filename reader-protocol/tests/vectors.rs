@@ -157,6 +157,10 @@ fn generated_h10302_h10304() {
         Format::H10302.decode(b).unwrap().canonical().to_string(),
         "H10302:34359738367"
     );
+    let all: Vec<String> = reader_protocol::wiegand::decode_any(b)
+        .map(|c| c.canonical().to_string())
+        .collect();
+    assert_eq!(all, ["H10304:65535:524287", "H10302:34359738367"]);
 }
 
 #[test]

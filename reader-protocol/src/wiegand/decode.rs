@@ -225,15 +225,19 @@ pub fn decode(choice: FormatChoice, bits: Bits) -> Result<Credential, WiegandErr
         FormatChoice::Fixed(format) => format.decode(bits),
         FormatChoice::Raw => Ok(Credential::raw(bits)),
         FormatChoice::Auto => {
-            let mut any = false;
-            for spec in FORMATS.iter().filter(|s| s.len == bits.len()) {
-                any = true;
-                if spec.matches(bits) {
-                    return spec.format.decode(bits);
-                }
-            }
-            if !any {
+            let mut candidates = FORMATS.iter().filter(|s| s.len == bits.len());
+            let Some(first) = candidates.next() else {
                 return Ok(Credential::raw(bits));
+            };
+            if let Some(spec) = core::iter::once(first)
+                .chain(candidates.clone())
+                .find(|s| s.matches(bits))
+            {
+                return spec.format.decode(bits);
+            }
+            if candidates.next().is_none() {
+                // A single format of this length: its own error names the failing parity bit.
+                return first.format.decode(bits);
             }
             let complement = bits.complement();
             let swapped = FORMATS.iter().any(|s| s.matches(complement));
@@ -252,6 +256,12 @@ pub fn matching_formats(bits: Bits) -> impl Iterator<Item = Format> {
         .iter()
         .filter(move |s| s.matches(bits))
         .map(|s| s.format)
+}
+
+/// Every decoding of a frame by a format whose length and parity match (proxmark3-style
+/// `decode_any`): shows that a 37-bit frame reads as H10302 *and* H10304.
+pub fn decode_any(bits: Bits) -> impl Iterator<Item = Credential> {
+    matching_formats(bits).filter_map(move |f| f.decode(bits).ok())
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ pub use assembler::{
     AssemblerConfig, AssemblerStats, Edge, EdgeKind, EdgeMode, FrameError, FrameResult, Line,
     WiegandAssembler, WiegandFrame, DEFAULT_EOF_NS, DEFAULT_GLITCH_NS,
 };
-pub use decode::{decode, matching_formats, WiegandError};
+pub use decode::{decode, decode_any, matching_formats, WiegandError};
 pub use format::{
     Field, FieldKind, Format, FormatChoice, FormatSpec, Parity, UnknownFormat, FORMATS,
 };
