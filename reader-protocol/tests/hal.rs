@@ -158,7 +158,7 @@ fn fuzz_random_levels_without_panic() {
         let state = x % 400;
         d0.low.set(state < 60 || state == 399);
         d1.low.set((60..120).contains(&state) || state == 399);
-        t += if (x >> 40) % 40 == 0 {
+        t += if (x >> 40).is_multiple_of(40) {
             40_000_000
         } else {
             (x >> 20) % 3_000_000
