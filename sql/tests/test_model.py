@@ -7,6 +7,8 @@ import json
 from datetime import datetime
 from decimal import Decimal
 
+import pytest
+
 import badge_sql_harness as h
 from badge_sql_harness import agent_row, load_rows_through_pipe, query, run_dag
 
@@ -395,3 +397,34 @@ def test_fake_snowflake_deploys_the_model_from_scratch() -> None:
         assert run_dag(c).state == "SUCCEEDED"
         assert [r["event_id"] for r in query(c, f"SELECT event_id FROM {FCT}")] == ["gw-f:1"]
         assert run_dag(c).state == "SKIPPED"
+
+
+def test_task_merges_are_deterministic_under_native_merge(conn, monkeypatch) -> None:
+    """fakesnow silently accepts a MERGE that hits one target row twice; Snowflake raises. Hand the
+    task MERGEs to DuckDB's native MERGE (which raises like Snowflake, reference §3.4) and run a
+    scenario with duplicates, several SCD2 changes per batch and re-keying."""
+    import fakesnow.cursor
+
+    monkeypatch.setattr(fakesnow.cursor.transforms, "merge", lambda e: [e])
+    # The switch is active: a MERGE with two source rows for one target row now fails.
+    h._exec(conn, "CREATE TABLE BADGE_DB.TEST_HARNESS.T_ND (k INT, v INT)")
+    h._exec(conn, "INSERT INTO BADGE_DB.TEST_HARNESS.T_ND VALUES (1, 0)")
+    with pytest.raises(Exception):
+        h._exec(conn, "MERGE INTO BADGE_DB.TEST_HARNESS.T_ND AS t USING (SELECT 1 AS k, 1 AS v UNION ALL "
+                      "SELECT 1, 2) AS s ON t.k = s.k WHEN MATCHED THEN UPDATE SET v = s.v")
+    holder(conn, ALICE, "R&D", "2025-01-01 00:00:00")
+    reader(conn, "R1", "LOBBY", "2025-01-01 00:00:00")
+    e1 = agent_row("gw-a", 1, "2025-01-10T09:00:00.000Z", credential=ALICE)
+    load_rows_through_pipe(conn, [e1, e1, agent_row("gw-a", 2, "2025-01-10T09:00:00.000Z", credential=BOB)])
+    assert run_dag(conn).state == "SUCCEEDED"
+    holder(conn, ALICE, "Sales", "2025-02-01 00:00:00")
+    holder(conn, ALICE, "Legal", "2025-03-01 00:00:00")
+    holder(conn, BOB, "Ops", "2025-01-01 00:00:00", person="P-BOB")
+    reader(conn, "R1", "LAB", "2025-02-15 00:00:00")
+    load_rows_through_pipe(conn, [e1, agent_row("gw-a", 3, "2025-02-20T09:00:00.000Z", credential=ALICE)])
+    assert run_dag(conn).state == "SUCCEEDED"
+    assert_scd2_invariants(conn, DIM_USERS, "credential", "user_sk")
+    assert_scd2_invariants(conn, DIM_ZONES, "reader_id", "zone_sk")
+    f = facts(conn)
+    assert (f["gw-a:1"]["department"], f["gw-a:2"]["department"], f["gw-a:3"]["department"]) == ("R&D", "Ops", "Sales")
+    assert f["gw-a:3"]["dim_zone_id"] == "LAB"
