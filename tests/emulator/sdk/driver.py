@@ -15,6 +15,10 @@ Scenarios:
           committed offset + 1 up to last, one append per row, wait for each commit
   stepped open, append rows first..last one at a time, waiting for each commit (used with faults)
   drop    drop the channel and check it is gone
+  invalidate  append row first (the test injects a 404 with a Snowflake code), observe the SDK's
+          error, reopen, resume from the committed offset up to last
+  fence   client A opens and commits row 1; client B reopens the same channel (bumping the client
+          sequencer); A's next append must fail (stale continuation token) while B resumes to last
 
 The last stdout line is `RESULT <json>`; failures raise (non-zero exit, traceback on stderr).
 Run only with HTTPS_PROXY pointing at a dead loopback port, NO_PROXY=127.0.0.1 and SSL_CERT_FILE set
@@ -26,7 +30,7 @@ import os
 import sys
 import time
 
-from snowflake.ingest.streaming import StreamingIngestClient
+from snowflake.ingest.streaming import StreamingIngestClient, StreamingIngestError
 
 
 def log(*a):
@@ -136,11 +140,74 @@ def drop(cfg):
     return out
 
 
+def wait_for_error(ch, seconds=30):
+    """Flush and wait until the SDK reports the channel's failure; returns the error text."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            ch.wait_for_flush(timeout_seconds=5)
+        except StreamingIngestError as e:
+            return f"{e.error_code}: {e.message}"
+        except TimeoutError:
+            pass
+        if ch.is_closed():
+            return "channel closed"
+        time.sleep(0.2)
+    raise AssertionError("the SDK never reported the failed append")
+
+
+def invalidate(cfg):
+    client = make_client(cfg, "conformance-invalidate")
+    ch, st = client.open_channel(cfg["channel"])
+    ch.append_row(row(cfg["first"]), str(cfg["first"]))
+    out = {"error": wait_for_error(ch)}
+    try:
+        ch.close(wait_for_flush=False)
+    except StreamingIngestError as e:
+        out["close_error"] = str(e.error_code)
+    ch2, st2 = client.open_channel(cfg["channel"])
+    committed = st2.latest_committed_offset_token
+    out["reopen_committed"] = committed
+    start = (int(committed) if committed is not None else 0) + 1
+    for i in range(start, cfg["last"] + 1):
+        ch2.append_row(row(i), str(i))
+    ch2.wait_for_commit(at_least(cfg["last"]), timeout_seconds=30)
+    out["status"] = status_dict(ch2.get_channel_status())
+    ch2.close()
+    client.close()
+    return out
+
+
+def fence(cfg):
+    a = make_client(cfg, "conformance-fence-a")
+    ch_a, _ = a.open_channel(cfg["channel"])
+    ch_a.append_row(row(1), "1")
+    ch_a.wait_for_commit(at_least(1), timeout_seconds=30)
+    b = make_client(cfg, "conformance-fence-b")
+    ch_b, st_b = b.open_channel(cfg["channel"])
+    out = {"b_open_committed": st_b.latest_committed_offset_token}
+    ch_a.append_row(row(2), "2")  # the leftover writer: must be fenced
+    out["a_error"] = wait_for_error(ch_a)
+    start = int(st_b.latest_committed_offset_token) + 1
+    for i in range(start, cfg["last"] + 1):
+        ch_b.append_row(row(i), str(i))
+    ch_b.wait_for_commit(at_least(cfg["last"]), timeout_seconds=30)
+    out["status"] = status_dict(ch_b.get_channel_status())
+    ch_b.close()
+    b.close()
+    try:
+        a.close(wait_for_flush=False)
+    except StreamingIngestError as e:
+        out["a_close_error"] = str(e.error_code)
+    return out
+
+
 def main():
     scenario, cfg_path = sys.argv[1], sys.argv[2]
     with open(cfg_path) as f:
         cfg = json.load(f)
-    fn = {"basic": basic, "crash": crash, "resume": resume, "stepped": stepped, "drop": drop}[scenario]
+    fn = {"basic": basic, "crash": crash, "resume": resume, "stepped": stepped, "drop": drop,
+          "invalidate": invalidate, "fence": fence}[scenario]
     out = fn(cfg)
     print("RESULT " + json.dumps(out), flush=True)
 

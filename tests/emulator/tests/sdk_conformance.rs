@@ -451,3 +451,67 @@ fn sdk_retries_faults_and_lands_every_row_exactly_once() {
             >= 3
     );
 }
+
+#[test]
+fn sdk_non_retryable_errors_invalidate_then_reopen_resumes() {
+    let f = fixture(Duration::from_millis(200));
+    // 404 with a Snowflake code on append: the SDK must give up on the channel (not retry).
+    f.emu
+        .add_fault(FaultRule::nth(Op::Append, 1, FaultAction::NotFound).on_channel("gw03"));
+    let out = f.driver_ok("invalidate", "gw03", json!({"first": 1, "last": 3}));
+    eprintln!("invalidate: {out}");
+    assert!(
+        out["error"]
+            .as_str()
+            .unwrap()
+            .contains("ERR_CHANNEL_DOES_NOT_EXIST_OR_NOT_AUTHORIZED"),
+        "{out}"
+    );
+    assert_eq!(out["reopen_committed"], Value::Null);
+    assert_eq!(out["status"]["latest_committed_offset_token"], "3");
+    assert_eq!(exactly_once(&f.emu, "gw03"), vec![1, 2, 3]);
+    let appends: Vec<_> = f
+        .emu
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.ends_with("/gw03/rows"))
+        .collect();
+    assert_eq!(appends[0].status, 404);
+    assert_eq!(
+        appends[1].param("retryCount"),
+        Some("0"),
+        "a coded 404 is not retried"
+    );
+
+    // A second writer's open fences the first: its next append gets 400 STALE_CONTINUATION_TOKEN_SEQUENCER.
+    let out = f.driver_ok("fence", "gw04", json!({"last": 4}));
+    eprintln!("fence: {out}");
+    assert_eq!(out["b_open_committed"], "1");
+    assert!(
+        out["a_error"]
+            .as_str()
+            .unwrap()
+            .contains("STALE_CONTINUATION_TOKEN_SEQUENCER"),
+        "{out}"
+    );
+    assert_eq!(out["status"]["latest_committed_offset_token"], "4");
+    assert_eq!(exactly_once(&f.emu, "gw04"), vec![1, 2, 3, 4]);
+    let stale = f
+        .emu
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.ends_with("/gw04/rows") && r.status == 400)
+        .count();
+    assert!(
+        stale >= 1,
+        "the fenced writer's append was refused as stale"
+    );
+    // The fenced writer's row 2 never landed: the ledger's row 2 came from writer B.
+    let two: Vec<_> = f
+        .emu
+        .ledger("gw04")
+        .into_iter()
+        .filter(|r| r.row["swipe_seq"] == 2)
+        .collect();
+    assert_eq!(two.len(), 1);
+}
