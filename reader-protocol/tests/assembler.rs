@@ -238,6 +238,28 @@ fn sequence_gap_discards_frame() {
 }
 
 #[test]
+fn lost_rising_edge_does_not_poison_later_frames() {
+    let mut asm = WiegandAssembler::new(AssemblerConfig {
+        edges: EdgeMode::Both,
+        ..AssemblerConfig::default()
+    });
+    let mut seq = 0;
+    let mut edges = trace(W3, 0, 50 * US, MS, true, &mut seq);
+    // The rising edge of bit 25, the last D1 pulse, is lost: sequence gap, frame discarded.
+    assert_eq!(edges[49].line, Line::D1);
+    edges.remove(49);
+    let out = run(&mut asm, &edges);
+    assert!(
+        matches!(out[..], [Err(FrameError::SequenceGap { .. })]),
+        "{out:?}"
+    );
+    // W2 starts with a D0 pulse: with D1 still believed low it would read as both-lines-low.
+    let next = trace(W2, 1_000 * MS, 50 * US, MS, true, &mut seq);
+    let out = run(&mut asm, &next);
+    assert_eq!(card(&out[0]), "H10301:90:324");
+}
+
+#[test]
 fn both_lines_low_is_a_frame_error() {
     let mut seq = 0;
     let mut edges = trace(W3, 0, 50 * US, MS, true, &mut seq);

@@ -191,6 +191,37 @@ fn generated_c15001() {
     assert_eq!(c.canonical().to_string(), "C15001:900:123:4567");
 }
 
+#[test]
+fn auto_errors_name_the_failure() {
+    // 37 bits: two candidate formats, both fail.
+    let b = bits("0111111111111111111111111111111111110");
+    let err = decode(FormatChoice::Auto, b).unwrap_err();
+    assert_eq!(
+        err,
+        WiegandError::NoFormatMatched {
+            len: 37,
+            swapped: false
+        }
+    );
+    assert!(err.to_string().contains("37-bit"), "{err}");
+    // 26 bits: one candidate, so its parity error is reported with the bit number.
+    let err = decode(FormatChoice::Auto, bits("10111101101010001110101110")).unwrap_err();
+    assert!(
+        err.to_string().contains("H10301 parity error: bit"),
+        "{err}"
+    );
+    // Fixed format, wrong length.
+    let err = Format::C1k48.decode(bits("0101")).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "C1K48 frames have 48 bits but this frame has 4 bits"
+    );
+    assert_eq!(
+        decode(FormatChoice::Auto, Bits::EMPTY),
+        Err(WiegandError::Empty)
+    );
+}
+
 // §9.3 keypad.
 #[test]
 fn keypad_4bit_bursts() {

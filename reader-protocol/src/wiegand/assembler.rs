@@ -248,6 +248,9 @@ impl WiegandAssembler {
                     got: edge.seqno,
                     missing: edge.seqno.wrapping_sub(expected),
                 });
+                // A lost rising edge would leave a line "low" forever and flag every later frame
+                // as both-lines-low: after a gap, assume idle lines again.
+                self.low = [false; 2];
             }
         }
         self.last_seqno = Some(edge.seqno);
