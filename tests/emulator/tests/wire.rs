@@ -659,6 +659,12 @@ fn binary_prints_startup_line_and_serves() {
     let pk = dir.path().join("pub.pem");
     std::fs::write(&pk, public_pem()).unwrap();
     let ca = dir.path().join("ca.pem");
+    let plan = dir.path().join("plan.json");
+    std::fs::write(
+        &plan,
+        r#"{"seed": 5, "rules": [{"op": "telemetry", "action": "delay:1", "times": 0}]}"#,
+    )
+    .unwrap();
     let help = Command::new(env!("CARGO_BIN_EXE_snowpipe-emulator"))
         .arg("--help")
         .output()
@@ -689,6 +695,8 @@ fn binary_prints_startup_line_and_serves() {
             "--fault",
             "op=hostname,action=503",
         ])
+        .arg("--faults-file")
+        .arg(&plan)
         .arg("--public-key")
         .arg(&pk)
         .arg("--ca-pem")
@@ -728,6 +736,20 @@ fn binary_prints_startup_line_and_serves() {
             .unwrap()
             .json(),
         json!([])
+    );
+    let faults = call(addr, &ca_pem, "GET", "/admin/faults", &[], b"")
+        .unwrap()
+        .json();
+    let actions: Vec<&str> = faults
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["rule"]["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        ["delay:1", "503"],
+        "file rules first, then --fault rules"
     );
     child.kill().unwrap();
     child.wait().unwrap();
