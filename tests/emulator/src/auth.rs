@@ -442,6 +442,31 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn algorithm_confusion_is_refused() {
+        let v = verifier();
+        let k = &keys().0;
+        let claims =
+            json!({"iss": iss(k, "MYORG-MYACCT.INGEST_USER"), "iat": NOW, "exp": NOW + 60});
+        // HS256 keyed with the public key PEM (the classic RS/HS confusion) must not verify.
+        let pem = k.to_public_key().to_public_key_pem(LineEnding::LF).unwrap();
+        let t = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(pem.as_bytes()),
+        )
+        .unwrap();
+        assert!(matches!(v.verify(&t, NOW), Err(AuthError::BadSignature(_))));
+        // alg=none: header and payload with an empty signature.
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let t = format!(
+            "{}.{}.",
+            b64.encode(r#"{"alg":"none","typ":"JWT"}"#),
+            b64.encode(claims.to_string())
+        );
+        assert!(v.verify(&t, NOW).is_err());
+    }
+
+    #[test]
     fn garbage_tokens_do_not_panic() {
         let v = verifier();
         for t in [
