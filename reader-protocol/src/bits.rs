@@ -23,6 +23,14 @@ pub enum BitsError {
         /// Declared length.
         len: u8,
     },
+    /// Not enough bytes for the declared bit count.
+    #[error("{got} data byte(s) given but {need} are needed for the bit count")]
+    Short {
+        /// Bytes needed.
+        need: usize,
+        /// Bytes given.
+        got: usize,
+    },
     /// A character other than `0`, `1` (or `_`/space separators) in a bit string.
     #[error(
         "invalid character {ch:?} at position {index} of the bit string (only 0 and 1 are allowed)"
@@ -87,6 +95,35 @@ impl Bits {
             }
         }
         Ok(bits)
+    }
+
+    /// Reads `bit_count` bits stored MSB first and left-aligned in `data`, trailing pad bits
+    /// ignored (the OSDP `osdp_RAW` layout). Fails if `data` is shorter than `ceil(bit_count/8)`
+    /// bytes or `bit_count > 128`.
+    pub fn from_msb_bytes(data: &[u8], bit_count: u16) -> Result<Self, BitsError> {
+        if bit_count > u16::from(MAX_BITS) {
+            return Err(BitsError::TooLong {
+                len: usize::from(bit_count),
+            });
+        }
+        let len = bit_count as u8;
+        let bytes = usize::from(len.div_ceil(8));
+        let Some(data) = data.get(..bytes) else {
+            return Err(BitsError::Short {
+                need: bytes,
+                got: data.len(),
+            });
+        };
+        let mut value = 0u128;
+        for &b in data {
+            value = (value << 8) | u128::from(b);
+        }
+        // Drop the trailing pad bits of the last byte.
+        let pad = (bytes * 8) as u32 - u32::from(len);
+        Ok(Bits {
+            value: value >> pad,
+            len,
+        })
     }
 
     /// Appends one bit (the next one on the wire). Fails when the frame already holds 128 bits.
@@ -232,6 +269,21 @@ mod tests {
         assert_eq!(b.field(1, 8), Some(42));
         assert_eq!(b.field(9, 16), Some(69));
         assert_eq!(b.field(20, 7), None);
+    }
+
+    #[test]
+    fn osdp_raw_layout() {
+        // reader-protocols.md §9.8: osdp_RAW, 26 bits = W3, data BD 88 EB 80.
+        let b = Bits::from_msb_bytes(&[0xBD, 0x88, 0xEB, 0x80], 26).unwrap();
+        assert_eq!(b, Bits::new(0x2F623AE, 26).unwrap());
+        assert_eq!(
+            Bits::from_msb_bytes(&[0xBD], 26),
+            Err(BitsError::Short { need: 4, got: 1 })
+        );
+        assert_eq!(Bits::from_msb_bytes(&[], 0).unwrap(), Bits::EMPTY);
+        assert!(Bits::from_msb_bytes(&[0xFF; 17], 129).is_err());
+        let full = Bits::from_msb_bytes(&[0xFF; 16], 128).unwrap();
+        assert_eq!(full.value(), u128::MAX);
     }
 
     #[test]

@@ -336,6 +336,9 @@ fn fuzz(kinds: &[u64], cases: u64, seed: u64) -> (u64, (u64, u64)) {
                 if let Ok(b) = Bits::from_bit_str(&s) {
                     assert!(b.len() <= 128);
                 }
+                if let Ok(b) = Bits::from_msb_bytes(&buf, rng.below(140) as u16) {
+                    assert!(b.len() <= 128);
+                }
                 let key = KeyMap::default().key(rng.below(16) as u8);
                 if let Some(Ok(p)) = pins.push(key, now) {
                     assert!(p.len() >= 4 && p.len() <= 8);
