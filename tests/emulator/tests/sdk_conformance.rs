@@ -434,6 +434,21 @@ fn sdk_retries_faults_and_lands_every_row_exactly_once() {
     assert!(first
         .windows(2)
         .all(|w| w[0].param("continuationToken") == w[1].param("continuationToken")));
+    // Every retry (after 401, 429, 5xx, empty 404, lost responses and resets) repeats the previous
+    // attempt's requestId and continuation token.
+    let mut retries = 0;
+    for w in appends.windows(2) {
+        if w[1].param("retryCount") != Some("0") {
+            retries += 1;
+            assert_eq!(w[0].param("requestId"), w[1].param("requestId"), "{w:?}");
+            assert_eq!(
+                w[0].param("continuationToken"),
+                w[1].param("continuationToken"),
+                "{w:?}"
+            );
+        }
+    }
+    assert_eq!(retries, 8, "one retry per injected append fault");
     // The 401 made the SDK fetch a new scoped token before retrying.
     let i401 = reqs.iter().position(|r| r.status == 401).unwrap();
     assert!(
