@@ -241,6 +241,24 @@ fn line_reader_converters() {
     let out = line(cfg, b"U0000000001000014088B\r\n");
     let c = out[0].unwrap().decode_wiegand(FormatChoice::Auto).unwrap();
     assert_eq!(c.canonical().to_string(), "H10301:10:1093");
+    // With the format configured the reader decodes itself, and rejects a bad frame.
+    let cfg = LineConfig {
+        format: Some(FormatChoice::Fixed(Format::H10301)),
+        ..cfg
+    };
+    let out = line(cfg, b"U0000000001000014088B\r\nU0000000001000014088A\r\n");
+    assert_eq!(
+        out[0].unwrap().credential().canonical().to_string(),
+        "H10301:10:1093"
+    );
+    assert!(
+        matches!(out[1], Err(SerialError::Wiegand(_))),
+        "{:?}",
+        out[1]
+    );
+    let mut d = SerialDecoder::Line(LineReader::new(cfg));
+    let creds: Vec<_> = d.feed(b"U0000000001000014088B\r\n", 0).collect();
+    assert_eq!(creds[0].unwrap().facility_code(), Some(10));
     // STX/ETX framing with junk before the STX.
     let cfg = LineConfig {
         terminator: Terminator::Etx,

@@ -175,6 +175,7 @@ fn decode(what: &DecodeWhat) -> anyhow::Result<Outcome> {
                             RadixArg::Dec => Radix::Decimal,
                         },
                         frame_bits: *frame_bits,
+                        format: choice,
                         max_len: *max_len,
                         inter_byte_timeout_ns: Some(100_000_000),
                     };
@@ -183,11 +184,7 @@ fn decode(what: &DecodeWhat) -> anyhow::Result<Outcome> {
                         &bytes,
                         "line",
                         |r| {
-                            let cred = match choice {
-                                Some(c) => r.decode_wiegand(c).map_err(anyhow::Error::new)?,
-                                None => r.credential(),
-                            };
-                            let mut v = serde_json::to_value(cred)?;
+                            let mut v = serde_json::to_value(r.credential())?;
                             merge(&mut v, json!({ "digits": r.digits }));
                             Ok(v)
                         },
@@ -429,6 +426,19 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(w.json["frames"][0]["credential"], "H10301:123:4567");
+        // The same frame with bit 26 flipped fails parity with the reason.
+        let bad = decode_args(&[
+            "serial",
+            "32 46 36 32 33 41 46 0d",
+            "--framing",
+            "line",
+            "--frame-bits",
+            "26",
+            "--format",
+            "h10301",
+        ])
+        .unwrap();
+        assert!(bad.error.unwrap().contains("parity"));
         assert!(decode_args(&["serial", "0", "--framing", "line"]).is_err());
     }
 }

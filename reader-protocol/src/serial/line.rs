@@ -78,6 +78,10 @@ pub struct LineConfig {
     /// Hex lines only: the frame is this many bits (the low bits of the value), e.g. 26 for a
     /// Nedap line carrying a W26 frame in 10 hex digits. Default: 4 bits per hex digit.
     pub frame_bits: Option<u8>,
+    /// Hex lines only: decode the frame with this Wiegand format (converters that pass the whole
+    /// frame, parity included); a frame that does not decode is a [`SerialError::Wiegand`].
+    /// `None`: hex lines are `RAW<n>` credentials.
+    pub format: Option<FormatChoice>,
     /// Longest accepted line in bytes (at most [`MAX_LINE`]).
     pub max_len: u16,
     /// A pause longer than this drops a partial line (`None`: never).
@@ -93,6 +97,7 @@ impl Default for LineConfig {
             take: None,
             radix: Radix::Hex,
             frame_bits: None,
+            format: None,
             max_len: MAX_LINE as u16,
             inter_byte_timeout_ns: Some(100_000_000),
         }
@@ -111,24 +116,15 @@ pub struct LineRead {
     /// Hex lines: the value as a frame of `frame_bits` (or 4 × digits) bits. Decimal lines: the
     /// value with the bit count of the largest number of that many digits.
     pub bits: Bits,
+    credential: Credential,
 }
 
 impl LineRead {
-    /// The read as a credential: hex lines are `RAW<n>:<hex>`, decimal lines `DEC:<number>`
-    /// with the number as card number (when it fits 64 bits).
+    /// The read as a credential: with [`LineConfig::format`] set, the decoded Wiegand card;
+    /// otherwise hex lines are `RAW<n>:<hex>` and decimal lines `DEC:<number>` with the number as
+    /// card number (when it fits 64 bits).
     pub fn credential(&self) -> Credential {
-        match self.radix {
-            Radix::Hex => Credential::raw(self.bits),
-            Radix::Decimal => Credential::new(
-                CardFormat::Decimal,
-                CardFields {
-                    oem: None,
-                    facility: None,
-                    card_number: u64::try_from(self.value).ok(),
-                },
-                self.bits,
-            ),
-        }
+        self.credential
     }
 
     /// Decodes a hex line's frame with a Wiegand format (converters that pass the whole frame,
@@ -273,11 +269,25 @@ fn parse(config: &LineConfig, line: &[u8]) -> Result<LineRead, SerialError> {
             Bits::new(value, decimal_bits(digits.len())).map_err(|_| too_large)?
         }
     };
+    let credential = match (config.radix, config.format) {
+        (Radix::Hex, Some(choice)) => decode(choice, bits).map_err(SerialError::Wiegand)?,
+        (Radix::Hex, None) => Credential::raw(bits),
+        (Radix::Decimal, _) => Credential::new(
+            CardFormat::Decimal,
+            CardFields {
+                oem: None,
+                facility: None,
+                card_number: u64::try_from(value).ok(),
+            },
+            bits,
+        ),
+    };
     Ok(LineRead {
         radix: config.radix,
         digits: digits.len() as u8,
         value,
         bits,
+        credential,
     })
 }
 

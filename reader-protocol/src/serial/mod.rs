@@ -17,6 +17,7 @@ pub use em4100::{Em4100FrameKind, Em4100Framer, Em4100Framing, Em4100Id, Em4100R
 pub use line::{LineConfig, LineRead, LineReader, Radix, Terminator};
 
 use crate::event::Credential;
+use crate::wiegand::WiegandError;
 
 /// Start of text: every EM4100 module frame starts with it.
 pub const STX: u8 = 0x02;
@@ -99,6 +100,9 @@ pub enum SerialError {
         /// Configured prefix length.
         skip: u8,
     },
+    /// A line reader configured with a Wiegand format got a frame that does not decode.
+    #[error("line carries an invalid Wiegand frame: {0}")]
+    Wiegand(WiegandError),
     /// A number does not fit 128 bits.
     #[error("number with {digits} digits is too large (at most 128 bits)")]
     NumberTooLarge {
