@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::auth::{load_private_key, parse_scoped_token, JwtCache, KeyPair, ScopedToken, Secret};
-use super::batch::{split_into_batches, Batch, BatchLimits};
+use super::batch::{split_into_batches, Batch, BatchLimits, MAX_WIRE_BYTES};
 use super::error::{sanitize, SnowpipeError};
 use super::protocol::{
     parse_append, parse_bulk_status, parse_hostname, parse_open_channel, AppendParams,
@@ -23,7 +23,8 @@ use super::retry::{
     classify, Clock, Disposition, RateLimiter, RetryPolicy, SystemClock, TransportError,
 };
 use super::transport::{
-    load_roots, proxy_from, HttpResponse, HttpTransport, NoProxy, Timeouts, UreqTransport,
+    load_roots, proxy_from, redact_proxy, HttpResponse, HttpTransport, NoProxy, Timeouts,
+    UreqTransport,
 };
 
 /// Requests per second allowed per channel (reference §9).
@@ -33,7 +34,8 @@ pub const STATUS_CHUNK: usize = 100;
 
 /// Everything the client needs. Build it from the agent's `[snowflake]` section with
 /// [`ClientConfig::from_snowflake_config`], or directly (tests, the emulator demo).
-#[derive(Debug, Clone)]
+/// `Debug` redacts proxy credentials.
+#[derive(Clone)]
 pub struct ClientConfig {
     /// Account URL: `https://myorg-acct.snowflakecomputing.com` or `https://127.0.0.1:18443`.
     /// HTTPS only; the port (default 443) is reused for the ingest host.
@@ -64,6 +66,27 @@ pub struct ClientConfig {
     pub compression: ContentEncoding,
     /// Batch size limits used by [`SnowpipeClient::batches`].
     pub batch_limits: BatchLimits,
+}
+
+impl std::fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("account_url", &self.account_url)
+            .field("account", &self.account)
+            .field("user", &self.user)
+            .field("role", &self.role)
+            .field("private_key_path", &self.private_key_path)
+            .field("database", &self.database)
+            .field("schema", &self.schema)
+            .field("pipe", &self.pipe)
+            .field("extra_ca_file", &self.extra_ca_file)
+            .field("proxy", &self.proxy.as_deref().map(redact_proxy))
+            .field("timeouts", &self.timeouts)
+            .field("retry", &self.retry)
+            .field("compression", &self.compression)
+            .field("batch_limits", &self.batch_limits)
+            .finish()
+    }
 }
 
 impl ClientConfig {
@@ -416,6 +439,17 @@ impl SnowpipeClient {
             code: code.to_string(),
             message: message.to_string(),
         };
+        if batch.body.len() > MAX_WIRE_BYTES || batch.start_seq > batch.end_seq {
+            // Sending it would only earn a 4xx, i.e. a reopen loop: refuse it here instead.
+            return Err(SnowpipeError::Batch {
+                message: format!(
+                    "batch {}..={} is {} bytes on the wire (limit {MAX_WIRE_BYTES}) or has its offsets reversed; split it with `batches()`",
+                    batch.start_seq,
+                    batch.end_seq,
+                    batch.body.len()
+                ),
+            });
+        }
         match self.channels.get(channel) {
             None => {
                 return Err(invalid(
@@ -687,6 +721,10 @@ impl SnowpipeClient {
                     backoffs += 1;
                     let spent = self.clock.now().saturating_duration_since(started);
                     if attempts >= policy.max_attempts || spent + delay > policy.max_elapsed {
+                        if dns_failure && !op.is_control() {
+                            // The ingest host may have moved: rediscover it on the next call.
+                            self.ingest = None;
+                        }
                         let hint = if dns_failure {
                             format!("; host {host} not found: check the account URL, DNS and network connectivity")
                         } else {
@@ -1386,6 +1424,18 @@ mod tests {
         let err = h.client.append("ch1", &t1, &h.batch(2, 2)).unwrap_err();
         assert!(err.is_channel_invalid());
         assert_eq!(h.log_of(Op::Append).len(), sent);
+        // Oversized or reversed batches are refused before sending.
+        let mut big = h.batch(2, 2);
+        big.body = vec![0; MAX_WIRE_BYTES + 1];
+        let e = h.client.append("ch1", &t1, &big).unwrap_err();
+        assert!(matches!(e, SnowpipeError::Batch { .. }), "{e}");
+        let mut rev = h.batch(2, 2);
+        rev.start_seq = 3;
+        assert!(matches!(
+            h.client.append("ch1", &t1, &rev).unwrap_err(),
+            SnowpipeError::Batch { .. }
+        ));
+        assert_eq!(h.log_of(Op::Append).len(), sent);
         // Not-opened channel.
         assert!(h
             .client
@@ -1671,6 +1721,41 @@ mod tests {
             ]
         );
         assert_eq!(ev[2].status, Some(503));
+    }
+
+    #[test]
+    fn client_is_send_and_config_debug_redacts() {
+        fn assert_send<T: Send>() {}
+        assert_send::<SnowpipeClient>();
+        let mut cfg = ClientConfig::new("https://a.b.c", "a", "u", None, "/k", "d", "s", "p");
+        cfg.proxy = Some("http://user:hunter2@proxy.lan:3128".into());
+        let dbg = format!("{cfg:?}");
+        assert!(
+            !dbg.contains("hunter2") && dbg.contains("proxy.lan"),
+            "{dbg}"
+        );
+    }
+
+    #[test]
+    fn ingest_dns_failure_forgets_the_ingest_host() {
+        let mut h = Harness::with_policy(RetryPolicy {
+            max_attempts: 2,
+            ..RetryPolicy::default()
+        });
+        h.client.open_channel("ch1").unwrap();
+        h.script(
+            Op::ChannelStatus,
+            vec![
+                Err(TransportError::Dns("ingest".into())),
+                Err(TransportError::Dns("ingest".into())),
+            ],
+        );
+        let e = h.client.channel_status(&["ch1"]).unwrap_err();
+        assert!(e.is_transient(), "{e}");
+        assert!(h.client.ingest_host().is_none());
+        h.client.channel_status(&["ch1"]).unwrap();
+        assert_eq!(h.log_of(Op::Hostname).len(), 2);
+        assert!(h.client.ingest_host().is_some());
     }
 
     #[test]

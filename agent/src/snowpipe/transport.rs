@@ -162,17 +162,31 @@ fn ip_in(ip: IpAddr, net: IpAddr, bits: u8) -> bool {
     }
 }
 
-/// The proxy to use: the configured one wins; else `HTTPS_PROXY`/`https_proxy` (and `ALL_PROXY`).
+/// The proxy to use: the configured one wins; else `HTTPS_PROXY`, then `https_proxy`.
 pub fn proxy_from(config: Option<&str>) -> Option<String> {
     config
         .map(str::to_string)
         .or_else(|| {
-            ["HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"]
+            ["HTTPS_PROXY", "https_proxy"]
                 .iter()
                 .find_map(|k| std::env::var(k).ok())
         })
         .map(|p| p.trim().to_string())
         .filter(|p| !p.is_empty())
+}
+
+/// A proxy URL with any `user:password@` replaced, for logs and `Debug`.
+pub fn redact_proxy(url: &str) -> String {
+    match url.rsplit_once('@') {
+        Some((before, host)) => {
+            let scheme = before.split_once("://").map(|(s, _)| s);
+            match scheme {
+                Some(s) => format!("{s}://[redacted]@{host}"),
+                None => format!("[redacted]@{host}"),
+            }
+        }
+        None => url.to_string(),
+    }
 }
 
 /// Loads the trust roots: the system store plus `extra_ca_file` (PEM). Fails when the extra file
@@ -263,6 +277,17 @@ impl UreqTransport {
         };
         let proxied = match proxy {
             Some(p) => {
+                // Only HTTP CONNECT proxies: ureq is built without SOCKS support, and a SOCKS URL
+                // must not silently fall back to a direct connection.
+                let scheme = p.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+                if !matches!(scheme.as_deref(), None | Some("http") | Some("https")) {
+                    return Err(SnowpipeError::Config {
+                        message: format!(
+                            "proxy {}: only http:// or https:// (CONNECT) proxies are supported",
+                            redact_proxy(p)
+                        ),
+                    });
+                }
                 let parsed = ureq::Proxy::new(p).map_err(|e| SnowpipeError::Config {
                     message: format!(
                         "proxy URL is invalid ({e}); expected e.g. http://proxy.lan:3128"
@@ -414,14 +439,17 @@ mod tests {
     #[test]
     fn invalid_proxy_is_a_config_error() {
         let roots = vec![];
-        let e = UreqTransport::new(
-            &roots,
-            Some("ftp://x:1"),
-            NoProxy::default(),
-            Timeouts::default(),
-        )
-        .unwrap_err();
-        assert!(matches!(e, SnowpipeError::Config { .. }), "{e}");
+        for bad in ["ftp://x:1", "socks5://u:secret@x:1080", "http://[::1"] {
+            let e = UreqTransport::new(&roots, Some(bad), NoProxy::default(), Timeouts::default())
+                .unwrap_err();
+            assert!(matches!(e, SnowpipeError::Config { .. }), "{e}");
+            assert!(!e.to_string().contains("secret"), "{e}");
+        }
+        assert_eq!(
+            redact_proxy("http://u:pw@proxy:3128"),
+            "http://[redacted]@proxy:3128"
+        );
+        assert_eq!(redact_proxy("proxy:3128"), "proxy:3128");
         let t = UreqTransport::new(
             &roots,
             Some("http://127.0.0.1:9"),
@@ -431,6 +459,57 @@ mod tests {
         .unwrap();
         assert!(std::ptr::eq(t.agent_for("127.0.0.1"), &t.direct));
         assert!(!std::ptr::eq(t.agent_for("acct.example"), &t.direct));
+    }
+
+    /// With a (dead) proxy configured, a host outside NO_PROXY goes to the proxy (connection
+    /// refused, not a DNS failure for `.invalid`), while a NO_PROXY host is dialled directly.
+    #[test]
+    fn proxy_and_no_proxy_routing() {
+        use std::io::Read;
+        let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let dead_port = dead.local_addr().unwrap().port();
+        drop(dead);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 64];
+            let _ = s.read(&mut buf);
+        });
+        let t = UreqTransport::new(
+            &[],
+            Some(&format!("http://127.0.0.1:{dead_port}")),
+            NoProxy::parse("127.0.0.1"),
+            Timeouts {
+                connect: Duration::from_secs(2),
+                overall: Duration::from_secs(5),
+            },
+        )
+        .unwrap();
+        let req = |url: String| HttpRequest {
+            op: crate::snowpipe::protocol::Op::Hostname,
+            method: Method::Get,
+            url,
+            headers: vec![],
+            body: None,
+        };
+        let via_proxy = t
+            .execute(&req("https://acct.example.invalid/x".into()))
+            .unwrap_err();
+        assert!(
+            matches!(via_proxy, TransportError::Connect(_)),
+            "{via_proxy:?}"
+        );
+        // Direct: reaches our listener (which then hangs up: some transport error, not Connect to
+        // the proxy port).
+        let direct = t
+            .execute(&req(format!("https://127.0.0.1:{port}/x")))
+            .unwrap_err();
+        assert!(
+            !direct.to_string().contains(&dead_port.to_string()),
+            "{direct:?}"
+        );
+        server.join().unwrap();
     }
 
     /// A plain-TCP "server" that answers garbage instead of a TLS handshake: the transport must
