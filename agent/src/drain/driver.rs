@@ -81,6 +81,10 @@ pub enum DrainEvent {
 pub trait DrainObserver {
     /// Called after each executed action.
     fn event(&self, _event: &DrainEvent) {}
+    /// Sequence numbers are missing locally (corrupt records skipped, or dropped by the
+    /// drop-oldest policy): `expected` was due next, `found` came instead
+    /// (`badge_agent_offset_gap_total`).
+    fn gap(&self, _expected: u64, _found: u64) {}
 }
 
 /// An observer that ignores everything.
@@ -103,6 +107,7 @@ pub struct Drainer {
     machine: Machine,
     gateway_id: String,
     ndjson: Vec<u8>,
+    gap_reported: Option<u64>,
 }
 
 impl Drainer {
@@ -112,6 +117,7 @@ impl Drainer {
             machine: Machine::new(cfg.machine),
             gateway_id: cfg.gateway_id,
             ndjson: Vec::new(),
+            gap_reported: None,
         }
     }
 
@@ -190,6 +196,7 @@ impl Drainer {
                 self.ndjson.clear();
                 let mut end = start;
                 let mut count = 0usize;
+                let mut expected = from_seq;
                 for (seq, rec) in &recs {
                     let before = self.ndjson.len();
                     rec.write_json_line(&self.gateway_id, *seq, &mut self.ndjson);
@@ -197,6 +204,13 @@ impl Drainer {
                         self.ndjson.truncate(before);
                         break;
                     }
+                    // Report each gap once per process, even if a rewind reads it again.
+                    if *seq != expected && self.gap_reported.is_none_or(|g| *seq > g) {
+                        warn!(expected, found = *seq, "gap in buffered sequence numbers");
+                        observer.gap(expected, *seq);
+                        self.gap_reported = Some(*seq);
+                    }
+                    expected = seq.saturating_add(1);
                     end = *seq;
                     count += 1;
                 }

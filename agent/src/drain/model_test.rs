@@ -415,11 +415,28 @@ fn drain_model_fixed_scenario_with_every_fault() {
 
 #[test]
 fn drain_corrupt_record_is_skipped_with_a_gap_in_tokens() {
+    #[derive(Default)]
+    struct Gaps(RefCell<Vec<(u64, u64)>>);
+    impl DrainObserver for Gaps {
+        fn gap(&self, expected: u64, found: u64) {
+            self.0.borrow_mut().push((expected, found));
+        }
+    }
     let mut w = World::new();
     w.apply(&Op::Swipes(5));
     let mut bad = crate::buffer::record::encode(&swipe(3));
     bad[7] ^= 1;
     w.buffer().put_raw_for_test(2, &bad).unwrap();
+    let gaps = Gaps::default();
+    let mut now = Duration::ZERO;
+    for _ in 0..6 {
+        let buffer = w.buffer.as_ref().unwrap();
+        if let Step::Sleep(d) = w.drainer.step(buffer, &mut w.client, now, &gaps).unwrap() {
+            now += d;
+        }
+    }
+    assert_eq!(gaps.0.borrow().clone(), vec![(2, 3)]);
+    w.now = now;
     // The corrupt swipe (seq 2) is never delivered; everything else is, and deletion still
     // covers it once the service committed beyond it.
     w.acked.retain(|(s, _)| *s != 2);
