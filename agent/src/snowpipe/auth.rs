@@ -164,6 +164,44 @@ pub fn load_private_key(path: &Path) -> Result<KeyPair, SnowpipeError> {
     KeyPair::from_private_key(&private).map_err(err)
 }
 
+/// Generates a new RSA private key for key-pair authentication (2048 bits is Snowflake's
+/// minimum; 4096 is fine too).
+pub fn generate_private_key(bits: usize) -> Result<RsaPrivateKey, String> {
+    let mut rng = rsa::rand_core::OsRng;
+    RsaPrivateKey::new(&mut rng, bits).map_err(|e| format!("RSA key generation failed: {e}"))
+}
+
+/// Writes `key` as an unencrypted PKCS#8 PEM file created with mode 0600. Refuses to overwrite
+/// an existing file (a replaced key locks the gateway out until the new one is registered).
+pub fn write_private_key(path: &Path, key: &RsaPrivateKey) -> Result<(), SnowpipeError> {
+    use rsa::pkcs8::EncodePrivateKey;
+    use std::io::Write;
+    let err = |message: String| SnowpipeError::Key {
+        path: path.to_path_buf(),
+        message,
+    };
+    let pem = key
+        .to_pkcs8_pem(rsa::pkcs8::LineEnding::LF)
+        .map_err(|e| err(format!("cannot encode the key: {e}")))?;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut file = opts.open(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            err("already exists; refusing to overwrite a key (move it away first)".into())
+        } else {
+            err(format!("cannot create: {e}"))
+        }
+    })?;
+    file.write_all(pem.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(|e| err(format!("cannot write: {e}")))
+}
+
 #[cfg(unix)]
 fn check_key_mode(path: &Path, meta: &std::fs::Metadata) -> Result<(), String> {
     use std::os::unix::fs::PermissionsExt;
@@ -445,6 +483,24 @@ pub(crate) mod tests {
             let path = write_key(dir.path(), mode);
             load_private_key(&path).unwrap();
         }
+    }
+
+    #[test]
+    fn written_keys_are_private_and_loadable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("new.p8");
+        write_private_key(&path, test_key()).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let keys = load_private_key(&path).unwrap();
+        assert_eq!(
+            keys.fingerprint(),
+            public_key_fingerprint(&test_key().to_public_key())
+        );
+        let e = write_private_key(&path, test_key())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("refusing to overwrite"), "{e}");
     }
 
     #[test]

@@ -43,7 +43,10 @@ pub mod protocol;
 pub mod retry;
 pub mod transport;
 
-pub use auth::{public_key_base64_der, public_key_fingerprint, KeyPair};
+pub use auth::{
+    generate_private_key, load_private_key, public_key_base64_der, public_key_fingerprint,
+    write_private_key, KeyPair,
+};
 pub use batch::{split_into_batches, Batch, BatchLimits};
 pub use client::{ClientConfig, RequestEvent, RequestObserver, SnowpipeClient, StatusClass};
 pub use error::SnowpipeError;
