@@ -33,6 +33,8 @@ pub const CURRENT: &str = "current";
 pub const PREVIOUS: &str = "previous";
 /// Marker of a switch whose health gate has not decided yet.
 pub const PENDING: &str = "update-pending.json";
+/// Versions that failed their health gate, one per line; skipped in the spool from then on.
+pub const REJECTED: &str = "rejected-versions";
 /// Prefix of unpack directories.
 pub const STAGING_PREFIX: &str = ".staging-";
 /// Suffix of links being prepared.
@@ -122,6 +124,34 @@ pub(crate) fn write_pending(root: &Path, p: &Pending) -> Result<(), UpdateError>
 
 pub(crate) fn clear_pending(root: &Path) -> Result<(), UpdateError> {
     remove_if_exists(&root.join(PENDING))?;
+    fsync_dir(root)
+}
+
+/// Versions recorded in [`REJECTED`] (unparseable lines are ignored).
+pub(crate) fn read_rejected(root: &Path) -> Result<Vec<Version>, UpdateError> {
+    let path = root.join(REJECTED);
+    match fs::read_to_string(&path) {
+        Ok(s) => Ok(s
+            .lines()
+            .filter_map(|l| Version::parse(l.trim()).ok())
+            .collect()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(io_err(&path)(e)),
+    }
+}
+
+/// Adds `v` to [`REJECTED`] (write to a temp file, fsync, rename).
+pub(crate) fn add_rejected(root: &Path, v: &Version) -> Result<(), UpdateError> {
+    let mut list = read_rejected(root)?;
+    if list.iter().any(|r| r == v) {
+        return Ok(());
+    }
+    list.push(v.clone());
+    let text: String = list.iter().map(|v| format!("{v}\n")).collect();
+    let tmp = root.join(format!("{REJECTED}{NEW_SUFFIX}"));
+    write_file_synced(&tmp, text.as_bytes(), 0o644)?;
+    let path = root.join(REJECTED);
+    fs::rename(&tmp, &path).map_err(io_err(&path))?;
     fsync_dir(root)
 }
 
@@ -267,8 +297,9 @@ pub(crate) fn remove_leftovers(root: &Path, actions: &mut Vec<String>) -> Result
         if name.starts_with(STAGING_PREFIX) {
             fs::remove_dir_all(&path).map_err(io_err(&path))?;
             actions.push(format!("removed partial unpack {name}"));
-        } else if name == format!("{CURRENT}{NEW_SUFFIX}")
-            || name == format!("{PREVIOUS}{NEW_SUFFIX}")
+        } else if [CURRENT, PREVIOUS, REJECTED]
+            .iter()
+            .any(|l| name == format!("{l}{NEW_SUFFIX}"))
         {
             remove_if_exists(&path)?;
             actions.push(format!("removed unfinished link {name}"));

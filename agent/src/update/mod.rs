@@ -20,7 +20,8 @@
 //! 7. **Restart** `badge-agent.service` through [`ServiceManager`] and run the **health gate**: the
 //!    unit must be active and [`HealthProbe`] (`GET /readyz` → 200) must pass `healthy_checks` times
 //!    in a row within `health_deadline`. Otherwise `current` goes back to the old version, which is
-//!    restarted, and the update reports [`UpdateError::RolledBack`].
+//!    restarted, and the update reports [`UpdateError::RolledBack`]. The failed version is listed
+//!    in `<root>/rejected-versions` and skipped by later timer runs (until `force_reinstall`).
 //! 8. **Prune** to `keep_versions` (3) version directories, never removing `current`/`previous`.
 //!
 //! # Crypto choice
@@ -240,6 +241,15 @@ pub enum UpdateError {
         /// Offered version.
         offered: Version,
     },
+    /// This version already failed its health gate here (listed in `rejected-versions`); only
+    /// `force_reinstall` tries it again.
+    #[error(
+        "{version} failed its health gate on this gateway before (use --force-reinstall to retry)"
+    )]
+    Rejected {
+        /// The version.
+        version: Version,
+    },
     /// Same version as installed and `force_reinstall` not set.
     #[error("{version} is already installed (use --force-reinstall to reinstall it)")]
     SameVersion {
@@ -315,7 +325,8 @@ pub fn run_update_with(
     let recovery = recover(opts, svc, health)?;
 
     let installed = installed_version(opts)?;
-    let path = match select_artifact(&opts.source, &installed, opts.force_reinstall)? {
+    let rejected = layout::read_rejected(root)?;
+    let path = match select_artifact(&opts.source, &installed, &rejected, opts.force_reinstall)? {
         Selection::Use(p) => p,
         Selection::UpToDate(newest_offered) => {
             return Ok(UpdateOutcome::UpToDate {
@@ -348,6 +359,9 @@ pub fn run_update_with(
             return Err(UpdateError::SameVersion { version: offered })
         }
         _ => {}
+    }
+    if !opts.force_reinstall && rejected.iter().any(|r| r.cmp_precedence(&offered).is_eq()) {
+        return Err(UpdateError::Rejected { version: offered });
     }
 
     let from = layout::link_target(root, CURRENT)?;
@@ -409,11 +423,13 @@ fn version_from_file_name(path: &Path) -> Option<Version> {
 }
 
 /// An explicit file is always used (and judged after verification). In a spool directory the
-/// newest `badge-agent-<ver>.tar` that has a `.sig` is used if it is newer than `installed`; an
-/// old or equal one there just means "up to date", since the timer sees the same spool every run.
+/// newest `badge-agent-<ver>.tar` that has a `.sig` and was not rejected before is used if it is
+/// newer than `installed`; an old or equal one there just means "up to date", since the timer sees
+/// the same spool every run.
 fn select_artifact(
     source: &Path,
     installed: &Version,
+    rejected: &[Version],
     force: bool,
 ) -> Result<Selection, UpdateError> {
     let meta = std::fs::metadata(source).map_err(io_err(source))?;
@@ -426,7 +442,9 @@ fn select_artifact(
         let Some(v) = version_from_file_name(&path) else {
             continue;
         };
-        if !signature_path(&path).is_file() {
+        if !signature_path(&path).is_file()
+            || (!force && rejected.iter().any(|r| r.cmp_precedence(&v).is_eq()))
+        {
             continue;
         }
         if best
@@ -507,6 +525,8 @@ fn confirm_or_roll_back(
         Ok(()) => return layout::clear_pending(root),
         Err(reason) => reason,
     };
+    // Remembered first, so a crash during the rollback cannot lead to retrying it every run.
+    layout::add_rejected(root, version)?;
     let Some(from) = &pending.from else {
         // First install: nothing to go back to. Keep it (it is all there is) and say so.
         layout::clear_pending(root)?;

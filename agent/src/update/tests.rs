@@ -677,3 +677,79 @@ fn short_keys_and_garbage_keys_are_refused() {
         Err(UpdateError::Key { .. })
     ));
 }
+
+#[test]
+fn rolled_back_version_is_not_retried_by_the_timer() {
+    let env = Env::with_installed("1.0.0");
+    env.offer("1.1.0");
+    env.world.borrow_mut().bad.push("1.1.0".into());
+    assert!(matches!(
+        env.run().unwrap_err(),
+        UpdateError::RolledBack { .. }
+    ));
+    // Next timer run: the spool still holds 1.1.0, but it is skipped.
+    let restarts = env.world.borrow().restarts.len();
+    match env.run().unwrap() {
+        UpdateOutcome::UpToDate { newest_offered, .. } => {
+            assert_eq!(newest_offered, Some(Version::new(1, 0, 0)))
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(env.world.borrow().restarts.len(), restarts, "no restart");
+    // Explicitly naming it is refused too; a newer release goes ahead.
+    let mut opts = env.opts.clone();
+    opts.source = env.spool.join("badge-agent-1.1.0.tar");
+    let mut svc = FakeSystemd {
+        root: env.root.clone(),
+        world: env.world.clone(),
+    };
+    let health = FakeHealth {
+        root: env.root.clone(),
+        world: env.world.clone(),
+    };
+    assert!(matches!(
+        run_update(&opts, &mut svc, &health).unwrap_err(),
+        UpdateError::Rejected { .. }
+    ));
+    env.offer("1.1.1");
+    env.run().unwrap();
+    env.assert_current_runnable("1.1.1");
+    env.assert_clean();
+}
+
+/// One-shot HTTP server on loopback answering every request with `status_line`.
+fn serve_once(status_line: &'static str) -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 1024];
+        let n = s.read(&mut buf).unwrap();
+        assert!(buf[..n].starts_with(b"GET /readyz HTTP/1.1\r\n"));
+        let body = "{}";
+        let _ = write!(
+            s,
+            "{status_line}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+    });
+    addr
+}
+
+#[test]
+fn readyz_probe_accepts_only_200() {
+    assert!(ReadyzProbe::new(serve_once("HTTP/1.1 200 OK"))
+        .check()
+        .is_ok());
+    let err = ReadyzProbe::new(serve_once("HTTP/1.1 503 Service Unavailable"))
+        .check()
+        .unwrap_err();
+    assert!(err.contains("503"), "{err}");
+    // Nothing listening.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    assert!(ReadyzProbe::new(port).check().is_err());
+}
