@@ -31,7 +31,7 @@
 //! Example line:
 //!
 //! ```text
-//! {"gateway_id":"gw-01","seq":42,"event_id":"gw-01:42","reader_id":"r1","zone_id":"lobby","door_id":"d1","direction":"in","event_type":"card","credential":"H10301:12:3456","format":"H10301","facility_code":12,"card_number":3456,"raw_bits":"0191b00","bit_count":26,"detail":null,"swiped_at":"2026-11-22T10:15:30.123Z","clock_synced":true,"agent_version":"0.1.0"}
+//! {"gateway_id":"gw-01","seq":42,"event_id":"gw-01:42","reader_id":"r1","zone_id":"lobby","door_id":"d1","direction":"in","event_type":"card","credential":"H10301:12:3456","format":"H10301","facility_code":12,"card_number":3456,"raw_bits":"0191b00a","bit_count":26,"detail":null,"swiped_at":"2026-11-22T10:15:30.123Z","clock_synced":true,"agent_version":"0.1.0"}
 //! ```
 
 use serde::{Deserialize, Serialize};
@@ -212,7 +212,7 @@ mod tests {
             format: Some("H10301".into()),
             facility_code: Some(12),
             card_number: Some(3456),
-            raw_bits: Some("0191b00".into()),
+            raw_bits: Some("0191b00a".into()),
             bit_count: Some(26),
             detail: None,
             swiped_at_ms: 1_795_342_530_123,
@@ -286,7 +286,7 @@ mod tests {
         assert_eq!(line.last(), Some(&b'\n'));
         let text = std::str::from_utf8(&line).unwrap();
         assert_eq!(text.matches('\n').count(), 1);
-        let expected = r#"{"gateway_id":"gw-01","seq":42,"event_id":"gw-01:42","reader_id":"r1","zone_id":"lobby","door_id":null,"direction":"in","event_type":"card","credential":"H10301:12:3456","format":"H10301","facility_code":12,"card_number":3456,"raw_bits":"0191b00","bit_count":26,"detail":null,"swiped_at":"2026-11-22T10:15:30.123Z","clock_synced":true,"agent_version":"0.1.0"}"#;
+        let expected = r#"{"gateway_id":"gw-01","seq":42,"event_id":"gw-01:42","reader_id":"r1","zone_id":"lobby","door_id":null,"direction":"in","event_type":"card","credential":"H10301:12:3456","format":"H10301","facility_code":12,"card_number":3456,"raw_bits":"0191b00a","bit_count":26,"detail":null,"swiped_at":"2026-11-22T10:15:30.123Z","clock_synced":true,"agent_version":"0.1.0"}"#;
         assert_eq!(text.trim_end(), expected);
     }
 

@@ -36,7 +36,8 @@ const DELETE_CHUNK: usize = 512;
 pub enum FullPolicy {
     /// Keep every buffered swipe; refuse new ones (counted as `refused{reason="buffer_full"}`)
     /// until the drain makes room. Default: for access-control data losing history silently is
-    /// worse than a visible refusal.
+    /// worse than a visible refusal. Note that sled reclaims the space of deleted records lazily
+    /// (segment GC), so `size_on_disk` can stay at the limit for a while after a drain.
     #[default]
     RefuseNew,
     /// Make room by dropping as many of the oldest buffered swipes as are being added (counted as
