@@ -13,6 +13,11 @@ pub struct Systemctl;
 
 impl ServiceManager for Systemctl {
     fn restart(&mut self, unit: &str) -> Result<(), String> {
+        // A failed new version may have used up StartLimitBurst; without a reset the rollback's
+        // restart would be refused ("start request repeated too quickly"). Best effort.
+        let _ = Command::new("systemctl")
+            .args(["reset-failed", "--", unit])
+            .status();
         // For Type=notify units this blocks until READY=1, failure or TimeoutStartSec.
         let status = Command::new("systemctl")
             .args(["restart", "--", unit])
