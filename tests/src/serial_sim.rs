@@ -96,7 +96,7 @@ mod tests {
         assert_eq!(&frame[1..11], b"0A00123456");
         assert_eq!(
             &frame[11..13],
-            format!("{:02X}", 0x0A ^ 0x00 ^ 0x12 ^ 0x34 ^ 0x56).as_bytes()
+            format!("{:02X}", 0x0A ^ 0x12 ^ 0x34 ^ 0x56).as_bytes()
         );
         assert_eq!((frame[0], frame[13]), (0x02, 0x03));
     }

@@ -1,7 +1,13 @@
 //! Command-line interface: parses arguments, sets up logging, dispatches to the subcommands.
 
 mod decode;
+#[cfg(feature = "demo")]
+mod demo;
+mod doctor;
+mod keygen;
+mod run;
 mod status;
+mod update;
 mod validate;
 
 use std::path::PathBuf;
@@ -40,6 +46,24 @@ pub enum LogTarget {
 /// Subcommands of `badge-agent`.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the agent (what the systemd unit starts).
+    Run,
+    /// Simulated readers → agent → local Snowpipe emulator, then prove every swipe landed once.
+    #[cfg(feature = "demo")]
+    Demo(demo::DemoArgs),
+    /// Create the key pair for Snowflake key-pair authentication and print how to register it.
+    Keygen {
+        /// Where to write the PKCS#8 private key (mode 0600; never overwritten).
+        #[arg(long, default_value = "/etc/badge-agent/rsa_key.p8")]
+        out: PathBuf,
+        /// The Snowflake user the key is for (used in the printed ALTER USER statement).
+        #[arg(long, default_value = "BADGE_INGEST_SVC")]
+        user: String,
+    },
+    /// Check configuration, key, clock, buffer and the path to Snowflake, each with a fix.
+    Doctor,
+    /// Install a signed release and roll back if it does not become ready.
+    Update(update::UpdateArgs),
     /// Check a configuration file and print what the agent would run.
     Validate,
     /// Show the running agent's buffer, drain and reader state.
@@ -57,6 +81,12 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log);
     let result = match &cli.command {
+        Command::Run => run::run(&cli.config),
+        #[cfg(feature = "demo")]
+        Command::Demo(args) => demo::run(args),
+        Command::Keygen { out, user } => keygen::run(out, user),
+        Command::Doctor => doctor::run(&cli.config),
+        Command::Update(args) => update::run(args, &cli.config),
         Command::Validate => validate::run(&cli.config),
         Command::Status { json } => status::run(&cli.config, *json),
         Command::Decode(args) => decode::run(args),

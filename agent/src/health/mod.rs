@@ -25,6 +25,7 @@ pub struct Heartbeat {
     name: Arc<str>,
     last_ms: Arc<AtomicU64>,
     origin: Instant,
+    max_age: Duration,
 }
 
 impl Heartbeat {
@@ -157,31 +158,38 @@ impl Health {
         })
     }
 
-    /// Registers a pipeline part that must keep beating; it starts fresh.
+    /// Registers a pipeline part that must beat at least every [`STALL_AFTER`].
     pub fn heartbeat(&self, name: &str) -> Heartbeat {
+        self.heartbeat_with_limit(name, STALL_AFTER)
+    }
+
+    /// Registers a pipeline part that must beat at least every `max_age` (the drain waits on
+    /// network timeouts, so it gets longer than a reader loop).
+    pub fn heartbeat_with_limit(&self, name: &str, max_age: Duration) -> Heartbeat {
         let heartbeat = Heartbeat {
             name: Arc::from(name),
             last_ms: Arc::new(AtomicU64::new(0)),
             origin: self.started,
+            max_age,
         };
         heartbeat.beat();
         lock(&self.heartbeats).push(heartbeat.clone());
         heartbeat
     }
 
-    /// Names of the parts whose heartbeat is older than `max_age`.
-    pub fn stalled(&self, max_age: Duration) -> Vec<String> {
+    /// Names of the parts whose heartbeat is older than its limit.
+    pub fn stalled(&self) -> Vec<String> {
         let now = Instant::now();
         lock(&self.heartbeats)
             .iter()
-            .filter(|h| h.age(now) > max_age)
+            .filter(|h| h.age(now) > h.max_age)
             .map(|h| h.name.to_string())
             .collect()
     }
 
     /// Every part of the pipeline is turning.
     pub fn is_live(&self) -> bool {
-        self.stalled(STALL_AFTER).is_empty()
+        self.stalled().is_empty()
     }
 
     /// Marks the agent ready (buffer open, readers started).
@@ -245,15 +253,17 @@ mod tests {
     #[test]
     fn a_silent_heartbeat_makes_the_agent_not_live() {
         let health = Health::new("gw", "0.1.0", "dev");
-        let reader = health.heartbeat("reader:door");
-        let _drain = health.heartbeat("drain");
+        let reader = health.heartbeat_with_limit("reader:door", Duration::from_millis(20));
+        let _drain = health.heartbeat_with_limit("drain", Duration::from_millis(20));
+        let _slow = health.heartbeat("committer");
         health.set_ready(true);
         assert!(health.is_live());
         assert!(health.is_ready());
         std::thread::sleep(Duration::from_millis(30));
         reader.beat();
-        assert_eq!(health.stalled(Duration::from_millis(20)), vec!["drain"]);
-        assert!(health.stalled(Duration::from_secs(5)).is_empty());
+        assert_eq!(health.stalled(), vec!["drain"]);
+        assert!(!health.is_live());
+        assert!(!health.is_ready());
     }
 
     #[test]

@@ -86,7 +86,7 @@ pub fn route(health: &Health, method: &str, path: &str) -> Response {
             body: health.render_metrics(),
         },
         "/livez" => {
-            let stalled = health.stalled(super::STALL_AFTER);
+            let stalled = health.stalled();
             if stalled.is_empty() {
                 Response::text(200, "ok\n")
             } else {

@@ -29,11 +29,9 @@ pub fn watchdog_interval() -> Option<Duration> {
 /// Pings the watchdog at half its interval while the pipeline makes progress.
 pub async fn run(health: Arc<Health>, interval: Duration) {
     let period = interval / 2;
-    // A part counts as stalled when it missed most of a watchdog interval, or the general limit.
-    let max_age = interval.min(super::STALL_AFTER);
     loop {
         tokio::time::sleep(period).await;
-        let stalled = health.stalled(max_age);
+        let stalled = health.stalled();
         if stalled.is_empty() {
             let _ = sd_notify::notify(&[NotifyState::Watchdog]);
         } else {
