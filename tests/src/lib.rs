@@ -1,3 +1,4 @@
 //! Simulators and helpers shared by badge-gateway's end-to-end tests.
 
+pub mod harness;
 pub mod serial_sim;

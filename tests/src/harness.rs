@@ -1,0 +1,167 @@
+//! End-to-end harness: a key pair, the Snowpipe emulator in-process, pty serial readers, and the
+//! agent binary as a child process that can be killed at any moment.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::Context;
+use badge_agent::snowpipe::auth::{generate_private_key, write_private_key};
+use rsa::pkcs8::{EncodePublicKey, LineEnding};
+use rsa::RsaPublicKey;
+use snowpipe_emulator::{Emulator, EmulatorConfig, EmulatorHandle, PipeId};
+
+/// The gateway id (and channel) used by end-to-end tests.
+pub const GATEWAY: &str = "gw-e2e";
+
+/// Everything one end-to-end scenario needs.
+pub struct Rig {
+    /// Scratch directory (config, key, buffer, logs).
+    pub dir: tempfile::TempDir,
+    /// The emulator.
+    pub emulator: EmulatorHandle,
+    /// The agent's configuration file.
+    pub config: PathBuf,
+    /// Where the agent's stderr accumulates across restarts.
+    pub log: PathBuf,
+    /// The agent binary (`env!("CARGO_BIN_EXE_badge-agent-e2e")` in integration tests).
+    pub agent_bin: PathBuf,
+}
+
+impl Rig {
+    /// Starts the emulator and writes a config with the given `[[reader]]` tables.
+    pub fn new(
+        agent_bin: &str,
+        readers_toml: &str,
+        commit_delay: Duration,
+    ) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let key_path = dir.path().join("rsa_key.p8");
+        let key = generate_private_key(2048).map_err(anyhow::Error::msg)?;
+        write_private_key(&key_path, &key)?;
+        let public_pem = RsaPublicKey::from(&key).to_public_key_pem(LineEnding::LF)?;
+        let emulator = Emulator::start(EmulatorConfig {
+            account: "E2E-ACCOUNT".into(),
+            user: "BADGE_INGEST".into(),
+            pipes: vec![PipeId {
+                database: "BADGE_DB".into(),
+                schema: "RAW_INGESTION".into(),
+                pipe: "RAW_BADGE_EVENTS_PIPE".into(),
+            }],
+            public_keys_pem: vec![public_pem],
+            commit_delay,
+            ca_pem_path: Some(dir.path().join("ca.pem")),
+            ..EmulatorConfig::default()
+        })
+        .context("starting the emulator")?;
+        let config = dir.path().join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "gateway_id = \"{GATEWAY}\"\n[buffer]\npath = \"{}\"\n[snowflake]\naccount = \"e2e-account\"\nurl = \"{}\"\nuser = \"badge_ingest\"\nprivate_key_file = \"{}\"\ndatabase = \"BADGE_DB\"\nschema = \"RAW_INGESTION\"\npipe = \"RAW_BADGE_EVENTS_PIPE\"\nextra_ca_file = \"{}\"\nrequest_timeout_secs = 5\n[health]\nlisten = \"127.0.0.1:0\"\n{readers_toml}",
+                dir.path().join("buffer").display(),
+                emulator.url(),
+                key_path.display(),
+                emulator.ca_pem_path.display(),
+            ),
+        )?;
+        let log = dir.path().join("agent.log");
+        Ok(Self {
+            dir,
+            emulator,
+            config,
+            log,
+            agent_bin: PathBuf::from(agent_bin),
+        })
+    }
+
+    /// Starts the agent binary (built by this package) with debug logs of durable swipes.
+    pub fn start_agent(&self) -> anyhow::Result<Child> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        Command::new(&self.agent_bin)
+            .args(["--log", "stderr", "--config"])
+            .arg(&self.config)
+            .arg("run")
+            .env("RUST_LOG", "warn,badge_agent::readers=debug")
+            // Nothing may leave loopback.
+            .env("HTTPS_PROXY", "http://127.0.0.1:9")
+            .env("NO_PROXY", "127.0.0.1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("spawning the agent")
+    }
+
+    /// Credentials the agent logged as durable (acknowledged) across all its runs.
+    pub fn acknowledged(&self) -> anyhow::Result<BTreeSet<String>> {
+        acknowledged_in(&self.log)
+    }
+
+    /// Credentials of the committed card rows, and event ids of all committed rows.
+    pub fn committed(&self) -> (Vec<String>, Vec<String>) {
+        let rows = self.emulator.ledger(GATEWAY);
+        let credentials = rows
+            .iter()
+            .filter_map(|r| r.row["credential"].as_str().map(str::to_owned))
+            .collect();
+        let event_ids = rows
+            .iter()
+            .map(|r| r.row["event_id"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        (credentials, event_ids)
+    }
+}
+
+/// Parses `swipe durable … credential=…` log lines.
+pub fn acknowledged_in(log: &Path) -> anyhow::Result<BTreeSet<String>> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    Ok(text
+        .lines()
+        .filter(|l| l.contains("swipe durable"))
+        .filter_map(|l| l.split("credential=").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .map(|c| c.trim_matches('"').to_owned())
+        // Fault rows (a frame cut by the kill) carry no credential.
+        .filter(|c| c != "-")
+        .collect())
+}
+
+/// Kills a child without letting it clean up (power-cut style).
+pub fn kill9(child: &mut Child) {
+    let _ = child.kill(); // SIGKILL on Unix
+    let _ = child.wait();
+}
+
+/// Stops a child with SIGTERM and waits.
+pub fn terminate(child: &mut Child) -> anyhow::Result<()> {
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id())?);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
+    child.wait()?;
+    Ok(())
+}
+
+/// A tiny deterministic PRNG for test schedules.
+#[derive(Debug, Clone)]
+pub struct XorShift(pub u64);
+
+impl XorShift {
+    /// Next value.
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+
+    /// A value in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+}
