@@ -43,7 +43,7 @@ fn every_acknowledged_swipe_lands_exactly_once_across_kill_9() {
             let mut n: u64 = 0;
             while !stop.load(Ordering::Relaxed) {
                 n += 1;
-                if n % 2 == 0 {
+                if n.is_multiple_of(2) {
                     let id = 0x1000_0000 + n;
                     rdm.send(&rdm6300_frame(id)).unwrap();
                     sent.lock().unwrap().insert(format!("EM4100:{id:010x}"));
