@@ -1,9 +1,10 @@
 //! badge-agent: the gateway's edge agent.
 //!
-//! The modules follow a swipe through the agent:
-//! readers → [`buffer`] (durable sled write-ahead buffer) → [`drain`] (exactly-once state machine)
-//! → [`snowpipe`] (Snowpipe Streaming v2 client) — with [`update`] for signed field updates and
-//! [`cli`] as the command-line edge.
+//! The modules follow a swipe through the agent: [`readers`] (serial, Wiegand GPIO, simulated)
+//! → [`buffer`] (durable sled write-ahead buffer) → [`drain`] (exactly-once state machine) →
+//! [`snowpipe`] (Snowpipe Streaming v2 client), with [`health`] watching all of them.
+//! [`service`] wires them together; [`row`] defines the row sent to Snowflake; [`config`],
+//! [`clock`], [`update`] (signed field updates) and [`cli`] sit at the edges.
 
 pub mod buffer;
 pub mod cli;
