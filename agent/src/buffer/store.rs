@@ -347,6 +347,23 @@ fn sync_tree(dir: &Path) -> Result<(), BufferError> {
         .map_err(|e| sync_err(dir, e))
 }
 
+/// How long to wait for sled's exclusive lock: a previous holder (an agent that is still
+/// exiting, or a just-dropped handle whose background flusher has not finished) releases it
+/// within moments.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+fn try_open_waiting_for_lock(opts: &BufferOptions) -> Result<sled::Db, OpenFailure> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match try_open(opts) {
+            Err(OpenFailure::Locked) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
+}
+
 impl Buffer {
     /// Opens (or creates) the buffer. A database that fails to open — including a sled panic —
     /// is moved aside as `<dir>.corrupt-<ts>` and a fresh one is started (logged at ERROR,
@@ -370,7 +387,7 @@ impl Buffer {
             }
         }
         let mut quarantined_to = None;
-        let db = match try_open(&opts) {
+        let db = match try_open_waiting_for_lock(&opts) {
             Ok(db) => db,
             Err(OpenFailure::Locked) => return Err(BufferError::Locked(opts.path.clone())),
             Err(OpenFailure::Environmental(msg)) => {
