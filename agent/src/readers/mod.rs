@@ -273,10 +273,12 @@ async fn sleep_or_shutdown(duration: Duration, shutdown: &mut watch::Receiver<bo
     }
 }
 
-/// Reconnect back-off for devices that disappear: 0.5 s doubling to 10 s.
+/// Reconnect back-off for devices that disappear: 0.5 s doubling to 10 s. A failure is logged
+/// and counted once per outage, not on every retry.
 #[derive(Debug, Clone, Copy)]
 struct Reconnect {
     delay: Duration,
+    was_connected: bool,
 }
 
 impl Reconnect {
@@ -284,7 +286,36 @@ impl Reconnect {
     const MAX: Duration = Duration::from_secs(10);
 
     fn new() -> Self {
-        Self { delay: Self::FIRST }
+        Self {
+            delay: Self::FIRST,
+            was_connected: true,
+        }
+    }
+
+    /// The device could not be opened: record it and wait. Returns true on shutdown.
+    async fn failed(
+        &mut self,
+        emitter: &Emitter,
+        message: String,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> bool {
+        if self.was_connected {
+            tracing::warn!(
+                reader = emitter.reader_id(),
+                "{message}; retrying with back-off"
+            );
+            emitter.count_error("open", &message);
+        }
+        self.was_connected = false;
+        emitter.set_connected(false, Some(message));
+        sleep_or_shutdown(self.next_delay(), shutdown).await
+    }
+
+    /// The device is open.
+    fn connected(&mut self, emitter: &Emitter) {
+        emitter.set_connected(true, None);
+        self.was_connected = true;
+        self.reset();
     }
 
     fn next_delay(&mut self) -> Duration {

@@ -17,7 +17,7 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 use tokio_serial::SerialPortBuilderExt;
 
-use super::{sleep_or_shutdown, Emitter, Reconnect, IDLE_TICK};
+use super::{Emitter, Reconnect, IDLE_TICK};
 use crate::clock;
 use crate::config::{LineRadix, LineSettings, LineTerminator, SerialFraming};
 
@@ -61,7 +61,6 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut reconnect = Reconnect::new();
-    let mut was_connected = true; // so the first failure is logged
     while !*shutdown.borrow() {
         emitter.beat();
         let port = tokio_serial::new(device.to_string_lossy(), baud)
@@ -71,25 +70,14 @@ pub async fn run(
             Ok(port) => port,
             Err(err) => {
                 let message = format!("cannot open {}: {err}", device.display());
-                if was_connected {
-                    tracing::warn!(
-                        reader = emitter.reader_id(),
-                        "{message}; retrying with back-off"
-                    );
-                    emitter.count_error("open", &message);
-                }
-                was_connected = false;
-                emitter.set_connected(false, Some(message));
-                if sleep_or_shutdown(reconnect.next_delay(), &mut shutdown).await {
+                if reconnect.failed(&emitter, message, &mut shutdown).await {
                     break;
                 }
                 continue;
             }
         };
         tracing::info!(reader = emitter.reader_id(), device = %device.display(), baud, "serial reader connected");
-        emitter.set_connected(true, None);
-        was_connected = true;
-        reconnect.reset();
+        reconnect.connected(&emitter);
         // A fresh decoder per connection: a frame cut by the unplug must not merge with the next.
         let mut decoder = decoder(framing, line);
         let mut buf = [0_u8; 256];

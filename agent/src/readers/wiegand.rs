@@ -16,7 +16,7 @@ use reader_protocol::wiegand::{
 use reader_protocol::ReaderEvent;
 use tokio::sync::watch;
 
-use super::{sleep_or_shutdown, Emitter, Reconnect, IDLE_TICK};
+use super::{Emitter, Reconnect, IDLE_TICK};
 use crate::clock;
 
 /// Kernel edge-event buffer: more than the 2 × 37 edges of the longest common card.
@@ -127,7 +127,6 @@ fn request(lines: &WiegandLines) -> gpiocdev::Result<gpiocdev::Request> {
 /// Runs one Wiegand reader until shutdown.
 pub async fn run(mut emitter: Emitter, lines: WiegandLines, mut shutdown: watch::Receiver<bool>) {
     let mut reconnect = Reconnect::new();
-    let mut was_connected = true;
     while !*shutdown.borrow() {
         emitter.beat();
         let req = match request(&lines) {
@@ -139,25 +138,14 @@ pub async fn run(mut emitter: Emitter, lines: WiegandLines, mut shutdown: watch:
                     lines.d1,
                     lines.chip.display()
                 );
-                if was_connected {
-                    tracing::warn!(
-                        reader = emitter.reader_id(),
-                        "{message}; retrying with back-off"
-                    );
-                    emitter.count_error("open", &message);
-                }
-                was_connected = false;
-                emitter.set_connected(false, Some(message));
-                if sleep_or_shutdown(reconnect.next_delay(), &mut shutdown).await {
+                if reconnect.failed(&emitter, message, &mut shutdown).await {
                     break;
                 }
                 continue;
             }
         };
         tracing::info!(reader = emitter.reader_id(), chip = %lines.chip.display(), d0 = lines.d0, d1 = lines.d1, "wiegand reader connected");
-        emitter.set_connected(true, None);
-        was_connected = true;
-        reconnect.reset();
+        reconnect.connected(&emitter);
         let mut pipeline = WiegandPipeline::new(&lines);
         loop {
             emitter.beat();
