@@ -1,4 +1,5 @@
 //! Simulators and helpers shared by badge-gateway's end-to-end tests.
 
 pub mod harness;
+pub mod pyenv;
 pub mod serial_sim;
