@@ -3,7 +3,9 @@
 //!
 //! * `systemd-analyze verify` must pass without a single warning (unknown keys only warn, exit 0);
 //! * `systemd-analyze security --offline=true` must rate `badge-agent.service` at or below
-//!   [`MAX_AGENT_EXPOSURE`] (reference edge-buffering.md §5.6: the candidate unit scores 1.5);
+//!   [`MAX_AGENT_EXPOSURE`] (reference edge-buffering.md §5.6: the candidate unit scores 1.5), and
+//!   `badge-agent-update-recover.service` (the updater's `OnFailure=` unit) at or below
+//!   [`MAX_RECOVER_EXPOSURE`];
 //! * `systemd-sysusers` and `systemd-tmpfiles` must accept the sysusers.d/tmpfiles.d snippets
 //!   against a scratch root.
 //!
@@ -18,13 +20,19 @@ use std::process::{Command, Output};
 const MAX_AGENT_EXPOSURE: f64 = 2.0;
 /// The updater needs root (writes /usr/lib/badge-agent, restarts the agent); keep it from drifting.
 const MAX_UPDATE_EXPOSURE: f64 = 3.0;
+/// The recovery needs the same root as the updater but only loopback IP; it scores 1.5.
+const MAX_RECOVER_EXPOSURE: f64 = 2.0;
 /// Path of the agent binary in the shipped units.
 const SHIPPED_BIN: &str = "/usr/lib/badge-agent/current/badge-agent";
 
-const UNITS: [&str; 3] = [
+/// The packaged binary the recovery falls back to when `current` cannot run.
+const PACKAGED_BIN: &str = "/usr/libexec/badge-agent/badge-agent";
+
+const UNITS: [&str; 4] = [
     "badge-agent.service",
     "badge-agent-update.service",
     "badge-agent-update.timer",
+    "badge-agent-update-recover.service",
 ];
 
 fn systemd_dir() -> PathBuf {
@@ -161,6 +169,16 @@ fn update_unit_exposure_is_bounded() {
 }
 
 #[test]
+fn recover_unit_exposure_is_at_most_gate() {
+    let dir = staged_units();
+    let score = exposure(dir.path(), "badge-agent-update-recover.service");
+    assert!(
+        score <= MAX_RECOVER_EXPOSURE,
+        "badge-agent-update-recover.service exposure {score} > {MAX_RECOVER_EXPOSURE}"
+    );
+}
+
+#[test]
 fn exposure_parser_reads_the_summary_line() {
     let sample =
         "✓ UMask=   Files created…\n\n→ Overall exposure level for x.service: 9.6 UNSAFE 😨\n";
@@ -203,6 +221,137 @@ fn agent_unit_keeps_its_essential_settings() {
     // A private /dev hides every physical reader.
     assert!(!lines.iter().any(|l| l.starts_with("PrivateDevices=")));
     assert!(!lines.contains(&"Restart=always"));
+}
+
+/// Non-comment lines of a unit with backslash continuations joined (as systemd reads them).
+fn unit_lines(unit: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(systemd_dir().join(unit)).unwrap();
+    let mut lines = Vec::new();
+    let mut pending = String::new();
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        match line.strip_suffix('\\') {
+            Some(start) => {
+                pending.push_str(start);
+                pending.push(' ');
+            }
+            None => {
+                pending.push_str(line);
+                lines.push(std::mem::take(&mut pending));
+            }
+        }
+    }
+    lines
+}
+
+#[test]
+fn failed_update_starts_the_recovery() {
+    let update = unit_lines("badge-agent-update.service");
+    assert!(
+        update.contains(&"OnFailure=badge-agent-update-recover.service".to_string()),
+        "badge-agent-update.service lacks OnFailure=badge-agent-update-recover.service"
+    );
+
+    let recover = unit_lines("badge-agent-update-recover.service");
+    let has = |needed: &str| recover.iter().any(|l| l == needed);
+    for needed in [
+        "Type=oneshot",
+        "User=root",
+        "CapabilityBoundingSet=",
+        "ReadWritePaths=/usr/lib/badge-agent",
+        "IPAddressDeny=any",
+        "IPAddressAllow=localhost",
+        // Never concurrently with an update run: the updater takes no lock.
+        "Conflicts=badge-agent-update.service",
+    ] {
+        assert!(
+            has(needed),
+            "badge-agent-update-recover.service lacks `{needed}`"
+        );
+    }
+    // A recovery must not trigger itself (or the updater) on failure.
+    assert!(!recover.iter().any(|l| l.starts_with("OnFailure=")));
+    let exec: Vec<&String> = recover
+        .iter()
+        .filter(|l| l.starts_with("ExecStart="))
+        .collect();
+    assert_eq!(exec.len(), 1, "{exec:?}");
+    // The current version's recovery first, the packaged binary only as the fallback.
+    let exec = exec[0];
+    let current = exec
+        .find(&format!("{SHIPPED_BIN} update --recover-only"))
+        .unwrap_or_else(|| panic!("recovery does not run `current`: {exec}"));
+    let packaged = exec
+        .find(&format!("exec {PACKAGED_BIN} update --recover-only"))
+        .unwrap_or_else(|| panic!("recovery has no packaged fallback: {exec}"));
+    assert!(current < packaged, "{exec}");
+}
+
+#[test]
+fn recover_fallback_runs_only_when_current_cannot() {
+    // The shell of ExecStart=, with systemd's `$$` unescaped and both binaries replaced by stubs:
+    // exit 0 and 1 (the recovery ran and reported) are final; anything else (127 missing, 2 clap
+    // error, 134 abort) falls back to the packaged binary.
+    let exec = unit_lines("badge-agent-update-recover.service")
+        .into_iter()
+        .find_map(|l| l.strip_prefix("ExecStart=").map(str::to_owned))
+        .unwrap();
+    let script = exec
+        .strip_prefix("/bin/sh -c '")
+        .and_then(|s| s.strip_suffix('\''))
+        .unwrap_or_else(|| panic!("ExecStart= is not `/bin/sh -c '...'`: {exec}"))
+        .replace("$$", "$");
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("fallback-ran");
+    let packaged = dir.path().join("packaged");
+    std::fs::write(
+        &packaged,
+        format!("#!/bin/sh\ntouch {}\nexit 0\n", marker.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &packaged,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    for (current_exit, fallback) in [
+        (Some(0), false),
+        (Some(1), false),
+        (Some(2), true),
+        (Some(134), true),
+        (None, true),
+    ] {
+        let _ = std::fs::remove_file(&marker);
+        let current = dir.path().join("current");
+        let _ = std::fs::remove_file(&current);
+        if let Some(code) = current_exit {
+            std::fs::write(&current, format!("#!/bin/sh\nexit {code}\n")).unwrap();
+            std::fs::set_permissions(
+                &current,
+                std::os::unix::fs::PermissionsExt::from_mode(0o755),
+            )
+            .unwrap();
+        }
+        let body = script
+            .replace(SHIPPED_BIN, current.to_str().unwrap())
+            .replace(PACKAGED_BIN, packaged.to_str().unwrap());
+        let out = run(Command::new("/bin/sh").arg("-c").arg(&body));
+        assert_eq!(
+            marker.exists(),
+            fallback,
+            "current exit {current_exit:?}: {}",
+            text(&out)
+        );
+        let expected = if fallback { 0 } else { current_exit.unwrap() };
+        assert_eq!(
+            out.status.code(),
+            Some(expected),
+            "current exit {current_exit:?}: {}",
+            text(&out)
+        );
+    }
 }
 
 #[test]
