@@ -375,7 +375,20 @@ fn sysusers_snippet_creates_the_service_user() {
 
 #[test]
 fn tmpfiles_snippet_creates_the_update_tree() {
+    use std::os::unix::fs::MetadataExt;
     let root = tempfile::tempdir().unwrap();
+    // What badge-agent.sysusers creates first (postinst runs sysusers, then tmpfiles).
+    std::fs::create_dir(root.path().join("etc")).unwrap();
+    std::fs::write(
+        root.path().join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nbadge-agent:x:990:990::/var/lib/badge-agent:/usr/sbin/nologin\n",
+    )
+    .unwrap();
+    std::fs::write(
+        root.path().join("etc/group"),
+        "root:x:0:\nbadge-agent:x:990:\n",
+    )
+    .unwrap();
     let out = run(Command::new(tool("systemd-tmpfiles"))
         .arg(format!("--root={}", root.path().display()))
         .arg("--create")
@@ -391,4 +404,8 @@ fn tmpfiles_snippet_creates_the_update_tree() {
         .path()
         .join("var/lib/badge-agent-update/incoming")
         .is_dir());
+    // The agent reads its config through the group; the mode matches ConfigurationDirectoryMode=.
+    let etc = std::fs::metadata(root.path().join("etc/badge-agent")).unwrap();
+    assert_eq!(etc.mode() & 0o7777, 0o750);
+    assert_eq!((etc.uid(), etc.gid()), (0, 990));
 }
