@@ -123,6 +123,10 @@ pub struct BufferConfig {
     /// sled page cache; sled 0.34 defaults to 1 GiB, far too much for a Pi.
     #[serde(default = "BufferConfig::default_cache_bytes")]
     pub cache_bytes: u64,
+    /// Free space the filesystem must keep: below it new swipes are refused (counted) so sled
+    /// never meets ENOSPC mid-write. 0 disables the check.
+    #[serde(default = "BufferConfig::default_min_free_bytes")]
+    pub min_free_bytes: u64,
     /// Group commit: most swipes made durable by one flush + fsync.
     #[serde(default = "BufferConfig::default_group_max_records")]
     pub group_commit_max_records: usize,
@@ -137,6 +141,9 @@ impl BufferConfig {
     }
     fn default_cache_bytes() -> u64 {
         8 * 1024 * 1024
+    }
+    fn default_min_free_bytes() -> u64 {
+        64 * 1024 * 1024
     }
     fn default_group_max_records() -> usize {
         256
@@ -169,6 +176,7 @@ impl Default for BufferConfig {
             max_bytes: Self::default_max_bytes(),
             full_policy: FullPolicy::default(),
             cache_bytes: Self::default_cache_bytes(),
+            min_free_bytes: Self::default_min_free_bytes(),
             group_commit_max_records: Self::default_group_max_records(),
             group_commit_max_delay_ms: Self::default_group_max_delay_ms(),
         }
@@ -874,6 +882,7 @@ mod tests {
         let readers = config.validate().unwrap();
         assert_eq!(config.buffer.max_bytes, 512 * 1024 * 1024);
         assert_eq!(config.buffer.full_policy, FullPolicy::RefuseNew);
+        assert_eq!(config.buffer.min_free_bytes, 64 * 1024 * 1024);
         assert_eq!(config.health.listen, DEFAULT_HEALTH_LISTEN);
         assert_eq!(readers.len(), 1);
         assert_eq!(readers[0].dedup_window, Duration::from_millis(1500));
@@ -894,6 +903,7 @@ mod tests {
             [buffer]
             path = "/tmp/x"
             full_policy = "drop_oldest"
+            min_free_bytes = 0
             [snowflake]
             account = "myorg-myaccount"
             user = "BADGE_INGEST"
@@ -926,6 +936,9 @@ mod tests {
         );
         assert_eq!(snowflake.channel_name(&config.gateway_id), "gw-lobby-01");
         assert_eq!(config.buffer.resolved_path(), PathBuf::from("/tmp/x"));
+        let buffer = crate::buffer::BufferOptions::from_config(&config.buffer);
+        assert_eq!(buffer.min_free_bytes, 0);
+        assert_eq!(buffer.full_policy, crate::buffer::FullPolicy::DropOldest);
         match &readers[0].source {
             ReaderSource::Serial { baud, line, .. } => {
                 assert_eq!(*baud, 9600);

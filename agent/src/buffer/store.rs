@@ -84,6 +84,7 @@ impl BufferOptions {
         let mut o = Self::new(cfg.resolved_path());
         o.max_bytes = cfg.max_bytes;
         o.cache_capacity = cfg.cache_bytes;
+        o.min_free_bytes = cfg.min_free_bytes;
         o.full_policy = match cfg.full_policy {
             crate::config::FullPolicy::RefuseNew => FullPolicy::RefuseNew,
             crate::config::FullPolicy::DropOldest => FullPolicy::DropOldest,
