@@ -20,7 +20,7 @@ pub struct DrainConfig {
 }
 
 impl DrainConfig {
-    /// Defaults: 1 MiB / 10,000-record batches, 1 s status polls, back-off 1 s … 60 s, stop after
+    /// Defaults: 4 MiB / 10,000-record batches, 1 s status polls, back-off 1 s … 60 s, stop after
     /// 5 consecutive recoveries.
     pub fn new(gateway_id: impl Into<String>) -> Self {
         DrainConfig {

@@ -41,7 +41,7 @@ impl Default for MachineConfig {
     fn default() -> Self {
         MachineConfig {
             max_records: 10_000,
-            max_bytes: 1024 * 1024,
+            max_bytes: MAX_BATCH_BYTES,
             poll_interval: Duration::from_secs(1),
             idle_interval: Duration::from_millis(200),
             backoff_min: Duration::from_secs(1),
