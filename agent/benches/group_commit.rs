@@ -9,7 +9,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use badge_agent::buffer::{Buffer, BufferObserver, BufferOptions};
-use badge_agent::row::{EventType, SwipeRecord};
+use badge_agent::row::SwipeRecord;
+
+mod common;
+use common::{ms, pct, swipe};
 
 #[derive(Default)]
 struct Latencies(Mutex<Vec<Duration>>);
@@ -20,34 +23,6 @@ impl BufferObserver for Latencies {
             v.push(flush_latency);
         }
     }
-}
-
-fn swipe(n: u64) -> SwipeRecord {
-    SwipeRecord {
-        event_type: EventType::Card,
-        reader_id: "reader-lobby-1".into(),
-        zone_id: Some("lobby".into()),
-        door_id: Some("door-1".into()),
-        direction: None,
-        credential: Some(format!("H10301:17:{n}")),
-        format: Some("H10301".into()),
-        facility_code: Some(17),
-        card_number: Some(n),
-        raw_bits: Some("02a1b3c4".into()),
-        bit_count: Some(26),
-        detail: None,
-        swiped_at_ms: 1_800_000_000_000 + n as i64,
-        clock_synced: true,
-        agent_version: env!("CARGO_PKG_VERSION").into(),
-    }
-}
-
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -84,7 +59,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let rate = n as f64 / t0.elapsed().as_secs_f64();
         let mut lat = obs.0.lock().map(|v| v.clone()).unwrap_or_default();
         lat.sort_unstable();
-        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         println!(
             "{batch:>6} {rate:>10.0} {:>10.2} {:>10.2} {:>10.2}",
             ms(pct(&lat, 0.5)),
