@@ -2,4 +2,5 @@
 
 pub mod harness;
 pub mod pyenv;
+pub mod sdk_venv;
 pub mod serial_sim;

@@ -7,9 +7,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
@@ -18,56 +18,10 @@ use snowpipe_emulator::{
     Emulator, EmulatorConfig, EmulatorHandle, FaultAction, FaultRule, Op, PipeId,
 };
 
-const SDK_VERSION: &str = "1.9.1";
-
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"))
-}
-
-fn run_ok(cmd: &mut Command, what: &str) {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("{what}: cannot run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{what} FAILED ({}):\n--- stdout\n{}\n--- stderr\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// The venv's python with the official SDK installed (created once per test binary).
-fn sdk_python() -> PathBuf {
-    static PY: OnceLock<PathBuf> = OnceLock::new();
-    static GUARD: Mutex<()> = Mutex::new(());
-    let _g = GUARD.lock().unwrap_or_else(|e| e.into_inner());
-    PY.get_or_init(|| {
-        let venv = target_dir().join("sdk-venv");
-        let py = venv.join("bin/python");
-        let check = format!(
-            "import importlib.metadata as m, snowflake.ingest.streaming; assert m.version('snowpipe-streaming') == '{SDK_VERSION}'"
-        );
-        let ready = py.exists() && Command::new(&py).args(["-c", &check]).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
-        if !ready {
-            let v = Command::new("python3").arg("--version").output();
-            assert!(
-                v.as_ref().is_ok_and(|o| o.status.success()),
-                "python3 is required for the SDK conformance test and was not found on PATH ({v:?}); install python3 with venv and pip"
-            );
-            run_ok(Command::new("python3").args(["-m", "venv", "--clear"]).arg(&venv), "python3 -m venv (is the venv module installed?)");
-            run_ok(
-                Command::new(&py).args(["-m", "pip", "install", "--disable-pip-version-check", "-q", &format!("snowpipe-streaming=={SDK_VERSION}")]),
-                "pip install snowpipe-streaming (needs PyPI)",
-            );
-            run_ok(Command::new(&py).args(["-c", &check]), "importing the installed SDK");
-        }
-        py
-    })
-    .clone()
-}
+// Shared with the badge-tests benchmark; included by path because badge-tests depends on this crate.
+#[path = "../../src/sdk_venv.rs"]
+mod sdk_venv;
+use sdk_venv::{pin_to_loopback, sdk_python, sdk_scripts_dir};
 
 struct Fixture {
     emu: EmulatorHandle,
@@ -181,26 +135,10 @@ impl Fixture {
         std::fs::write(&cfg_path, cfg.to_string()).unwrap();
         let out_path = self.dir.path().join(format!("{scenario}-{channel}.out"));
         let err_path = self.dir.path().join(format!("{scenario}-{channel}.err"));
-        let driver = Path::new(env!("CARGO_MANIFEST_DIR")).join("sdk/driver.py");
+        let driver = sdk_scripts_dir().join("driver.py");
         let mut cmd = Command::new(&self.py);
-        for v in [
-            "HTTPS_PROXY",
-            "https_proxy",
-            "HTTP_PROXY",
-            "http_proxy",
-            "ALL_PROXY",
-            "all_proxy",
-            "NO_PROXY",
-            "no_proxy",
-            "SSL_CERT_DIR",
-        ] {
-            cmd.env_remove(v);
-        }
         // Network guard: anything but the emulator goes to a dead loopback proxy.
-        cmd.env("HTTPS_PROXY", "http://127.0.0.1:9")
-            .env("HTTP_PROXY", "http://127.0.0.1:9")
-            .env("NO_PROXY", "127.0.0.1")
-            .env("SSL_CERT_FILE", &self.emu.ca_pem_path)
+        pin_to_loopback(&mut cmd, &self.emu.ca_pem_path)
             .env("SS_LOG_LEVEL", "info")
             .arg(&driver)
             .arg(scenario)
