@@ -443,9 +443,11 @@ impl Model {
         })
     }
 
-    /// Commits, in order, every batch whose commit time has come. Returns the newly committed rows.
-    pub fn tick(&mut self, now_ms: u64) -> Vec<CommittedRow> {
-        let mut new_rows = Vec::new();
+    /// Commits, in order, every batch whose commit time has come. Returns the newly committed rows
+    /// (the ledger's new tail: moved there, not copied, since the lock is held meanwhile).
+    pub fn tick(&mut self, now_ms: u64) -> &[CommittedRow] {
+        let first_new = self.ledger.len();
+        let new_rows = &mut self.ledger;
         for ch in self.channels.values_mut() {
             while ch.pending.front().is_some_and(|b| b.due_ms <= now_ms) {
                 let Some(b) = ch.pending.pop_front() else {
@@ -480,12 +482,11 @@ impl Model {
                 }
             }
         }
-        self.ledger.extend(new_rows.iter().cloned());
-        new_rows
+        &self.ledger[first_new..]
     }
 
     /// Makes every pending batch due now and commits them all (tests use it to pick the moment).
-    pub fn commit_all_now(&mut self, now_ms: u64) -> Vec<CommittedRow> {
+    pub fn commit_all_now(&mut self, now_ms: u64) -> &[CommittedRow] {
         for ch in self.channels.values_mut() {
             for b in &mut ch.pending {
                 b.due_ms = 0;

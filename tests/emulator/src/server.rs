@@ -142,8 +142,9 @@ struct Shared {
 
 impl Shared {
     fn commit_now(&self) {
-        let rows = lock(&self.model).commit_all_now(now_ms());
-        self.write_ledger(&rows);
+        let mut model = lock(&self.model);
+        let rows = model.commit_all_now(now_ms());
+        self.write_ledger(rows);
     }
 
     fn record(&self, req: &Request, status: u16, fault: Option<FaultAction>) {
@@ -165,9 +166,10 @@ impl Shared {
     }
 
     fn tick(&self) {
-        let rows = lock(&self.model).tick(now_ms());
+        let mut model = lock(&self.model);
+        let rows = model.tick(now_ms());
         if !rows.is_empty() {
-            self.write_ledger(&rows);
+            self.write_ledger(rows);
         }
     }
 
