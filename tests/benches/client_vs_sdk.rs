@@ -35,7 +35,9 @@ use std::time::{Duration, Instant};
 
 use badge_agent::snowpipe::auth::{generate_private_key, write_private_key};
 use badge_agent::snowpipe::{ClientConfig, Op, RequestEvent, SnowpipeClient};
-use badge_tests::sdk_venv::{pin_to_loopback, sdk_python, sdk_scripts_dir, SDK_VERSION};
+use badge_tests::sdk_venv::{
+    pin_to_loopback, sdk_python, sdk_scripts_dir, PROXY_VARS, SDK_VERSION,
+};
 use rsa::pkcs8::{EncodePublicKey, LineEnding};
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -484,15 +486,7 @@ fn main() -> ExitCode {
     };
     // Our client honours HTTPS_PROXY/NO_PROXY like the SDK does: pin both to loopback the same
     // way. Set before any thread exists.
-    for v in [
-        "HTTPS_PROXY",
-        "https_proxy",
-        "HTTP_PROXY",
-        "http_proxy",
-        "ALL_PROXY",
-        "all_proxy",
-        "no_proxy",
-    ] {
+    for v in PROXY_VARS {
         std::env::remove_var(v);
     }
     std::env::set_var("HTTPS_PROXY", "http://127.0.0.1:9");
@@ -584,26 +578,18 @@ fn main() -> ExitCode {
     }
 
     let med = |pick: &dyn Fn(&(Timing, Timing)) -> f64| median(runs.iter().map(pick).collect());
-    let ours = Timing {
-        appended_s: med(&|r| r.0.appended_s),
-        committed_s: med(&|r| r.0.committed_s),
-        observed_committed_s: med(&|r| r.0.observed_committed_s),
-        client_cpu_s: med(&|r| r.0.client_cpu_s),
-        emulator_cpu_s: med(&|r| r.0.emulator_cpu_s),
-        appends_ok: runs[0].0.appends_ok,
-        appends_other: runs.iter().map(|r| r.0.appends_other).sum(),
+    let median_of = |side: fn(&(Timing, Timing)) -> &Timing| Timing {
+        appended_s: med(&|r| side(r).appended_s),
+        committed_s: med(&|r| side(r).committed_s),
+        observed_committed_s: med(&|r| side(r).observed_committed_s),
+        client_cpu_s: med(&|r| side(r).client_cpu_s),
+        emulator_cpu_s: med(&|r| side(r).emulator_cpu_s),
+        appends_ok: side(&runs[0]).appends_ok,
+        appends_other: runs.iter().map(|r| side(r).appends_other).sum(),
         ..Timing::default()
     };
-    let sdk = Timing {
-        appended_s: med(&|r| r.1.appended_s),
-        committed_s: med(&|r| r.1.committed_s),
-        observed_committed_s: med(&|r| r.1.observed_committed_s),
-        client_cpu_s: med(&|r| r.1.client_cpu_s),
-        emulator_cpu_s: med(&|r| r.1.emulator_cpu_s),
-        appends_ok: runs[0].1.appends_ok,
-        appends_other: runs.iter().map(|r| r.1.appends_other).sum(),
-        ..Timing::default()
-    };
+    let ours = median_of(|r| &r.0);
+    let sdk = median_of(|r| &r.1);
 
     println!();
     println!("median of {} runs:", args.repeats);

@@ -105,21 +105,23 @@ pub fn sdk_python() -> PathBuf {
     .clone()
 }
 
+/// Every environment variable a client may take a proxy (or a proxy exception) from.
+pub const PROXY_VARS: [&str; 8] = [
+    "HTTPS_PROXY",
+    "https_proxy",
+    "HTTP_PROXY",
+    "http_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+    "NO_PROXY",
+    "no_proxy",
+];
+
 /// Confines an SDK process to loopback: every proxy variable is replaced by a dead proxy on
 /// 127.0.0.1:9 with `NO_PROXY=127.0.0.1` (so only the emulator is reachable), and the emulator's
 /// CA is the only trust anchor (`SSL_CERT_FILE`, no `SSL_CERT_DIR`).
 pub fn pin_to_loopback<'a>(cmd: &'a mut Command, emulator_ca_pem: &Path) -> &'a mut Command {
-    for v in [
-        "HTTPS_PROXY",
-        "https_proxy",
-        "HTTP_PROXY",
-        "http_proxy",
-        "ALL_PROXY",
-        "all_proxy",
-        "NO_PROXY",
-        "no_proxy",
-        "SSL_CERT_DIR",
-    ] {
+    for v in PROXY_VARS.iter().chain(&["SSL_CERT_DIR"]) {
         cmd.env_remove(v);
     }
     cmd.env("HTTPS_PROXY", "http://127.0.0.1:9")
