@@ -53,8 +53,9 @@
 //! ```
 //!
 //! (`pack`/`sign` are [`pack_dir`] and [`sign_artifact`]; the CLI wiring lives in `cli`.)
-//! Concurrency: the updater runs only from its oneshot unit, which systemd never starts twice at
-//! once, so no lock file is taken.
+//! Concurrency: the updater runs only from its oneshot units (the update and its `OnFailure=`
+//! recovery, which `Conflicts=` with it); systemd never starts them at once, so no lock file is
+//! taken. A manual run beside them is the operator's responsibility.
 
 mod artifact;
 pub mod layout;
