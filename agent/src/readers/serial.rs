@@ -76,6 +76,11 @@ pub async fn run(
                 continue;
             }
         };
+        // Bytes queued before this open (the tail of a line cut by a crash or an unplug) would
+        // decode as a bogus short credential, e.g. "41\r\n" of "12341\r\n": start at a boundary.
+        if let Err(err) = tokio_serial::SerialPort::clear(&port, tokio_serial::ClearBuffer::Input) {
+            tracing::warn!(reader = emitter.reader_id(), error = %err, "cannot discard stale input");
+        }
         tracing::info!(reader = emitter.reader_id(), device = %device.display(), baud, "serial reader connected");
         reconnect.connected(&emitter);
         // A fresh decoder per connection: a frame cut by the unplug must not merge with the next.
