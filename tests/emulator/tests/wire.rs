@@ -17,7 +17,6 @@ use serde_json::{json, Value};
 use snowpipe_emulator::{
     auth, Emulator, EmulatorConfig, EmulatorHandle, FaultAction, FaultRule, Op, PipeId,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn key() -> &'static rsa::RsaPrivateKey {
     static K: OnceLock<rsa::RsaPrivateKey> = OnceLock::new();
@@ -85,47 +84,60 @@ fn call(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Option<Resp> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
+    // Blocking std I/O on purpose: a 4 MB write through tokio-rustls once stalled here for good
+    // (both sides idle, the last ~15 KB never handed to the socket), hanging CI.
+    use std::io::{Read as _, Write as _};
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca.as_bytes()).unwrap())
         .unwrap();
-    rt.block_on(async {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(CertificateDer::from_pem_slice(ca.as_bytes()).unwrap()).unwrap();
-        let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
-            .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
-            .await
-            .expect("TLS handshake against the emulator CA (IP SAN)");
-        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
-        let mut head = format!("{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\ncontent-length: {}\r\n", body.len());
-        for (k, v) in headers {
-            head.push_str(&format!("{k}: {v}\r\n"));
-        }
-        head.push_str("\r\n");
-        let mut req = head.into_bytes();
-        req.extend_from_slice(body);
-        // A server may answer (413) before reading everything: still try to read the response.
-        let _ = tls.write_all(&req).await;
-        let mut raw = Vec::new();
-        let _ = tls.read_to_end(&mut raw).await;
-        if raw.is_empty() {
-            return None;
-        }
-        let mut hs = [httparse::EMPTY_HEADER; 32];
-        let mut r = httparse::Response::new(&mut hs);
-        let n = match r.parse(&raw).unwrap() {
-            httparse::Status::Complete(n) => n,
-            httparse::Status::Partial => panic!("partial response"),
-        };
-        let ct = r.headers.iter().find(|h| h.name.eq_ignore_ascii_case("content-type")).map(|h| String::from_utf8_lossy(h.value).into_owned());
-        Some(Resp { status: r.code.unwrap(), content_type: ct.unwrap_or_default(), body: raw[n..].to_vec() })
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let conn =
+        rustls::ClientConnection::new(Arc::new(cfg), ServerName::try_from("127.0.0.1").unwrap())
+            .unwrap();
+    let tcp = std::net::TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    tcp.set_write_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    let mut head = format!("{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\ncontent-length: {}\r\n", body.len());
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    let mut req = head.into_bytes();
+    req.extend_from_slice(body);
+    // A server may answer (413) before reading everything: still try to read the response.
+    let _ = tls.write_all(&req).and_then(|()| tls.flush());
+    assert_eq!(tls.conn.alpn_protocol(), Some(&b"http/1.1"[..]));
+    let mut raw = Vec::new();
+    // The emulator closes without close_notify: the "unexpected EOF" error still leaves `raw`.
+    let _ = tls.read_to_end(&mut raw);
+    if raw.is_empty() {
+        return None;
+    }
+    let mut hs = [httparse::EMPTY_HEADER; 32];
+    let mut r = httparse::Response::new(&mut hs);
+    let n = match r.parse(&raw).unwrap() {
+        httparse::Status::Complete(n) => n,
+        httparse::Status::Partial => panic!("partial response"),
+    };
+    let ct = r
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("content-type"))
+        .map(|h| String::from_utf8_lossy(h.value).into_owned());
+    Some(Resp {
+        status: r.code.unwrap(),
+        content_type: ct.unwrap_or_default(),
+        body: raw[n..].to_vec(),
     })
 }
 
