@@ -11,6 +11,7 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 use nix::pty::{openpty, OpenptyResult};
 use nix::sys::termios::{self, SetArg};
 
@@ -27,6 +28,10 @@ impl SerialSim {
     /// Opens a new pty in raw mode.
     pub fn open() -> anyhow::Result<Self> {
         let OpenptyResult { master, slave } = openpty(None, None).context("openpty")?;
+        // Not inherited by the agent process: a master fd it held would keep the tty "plugged in".
+        for fd in [&master, &slave] {
+            fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).context("FD_CLOEXEC")?;
+        }
         // Raw mode on the slave so the line discipline passes bytes (CR, 0x03) unchanged.
         let mut attrs = termios::tcgetattr(&slave).context("tcgetattr")?;
         termios::cfmakeraw(&mut attrs);
