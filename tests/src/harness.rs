@@ -97,6 +97,24 @@ impl Rig {
             .context("spawning the agent")
     }
 
+    /// Everything the agent wrote to stderr so far, across all its runs.
+    pub fn agent_log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Polls `done` until it holds; after 60 s fails naming `what`, with the agent's log.
+    pub fn wait_for(&self, what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !done() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {what}; agent log:\n{}",
+                self.agent_log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Credentials the agent logged as durable (acknowledged) across all its runs.
     pub fn acknowledged(&self) -> anyhow::Result<BTreeSet<String>> {
         acknowledged_in(&self.log)

@@ -30,7 +30,7 @@ fn assert_all_landed_once(rig: &Rig, within: Duration) {
             Instant::now() < deadline,
             "only {} of {SWIPES} swipes committed; agent log:\n{}",
             rig.emulator.ledger(GATEWAY).len(),
-            std::fs::read_to_string(&rig.log).unwrap_or_default()
+            rig.agent_log()
         );
         std::thread::sleep(Duration::from_millis(200));
     }

@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use badge_agent::snowpipe::auth::{
     generate_private_key, public_key_fingerprint, write_private_key,
@@ -29,31 +29,15 @@ fn key_path(rig: &Rig) -> std::path::PathBuf {
     rig.dir.path().join("rsa_key.p8")
 }
 
-/// Waits until `done` holds, or fails with the agent's log.
-fn wait_for(rig: &Rig, what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !done() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}; agent log:\n{}",
-            std::fs::read_to_string(&rig.log).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn log_has(rig: &Rig, needle: &str) -> bool {
-    std::fs::read_to_string(&rig.log).is_ok_and(|l| l.contains(needle))
-}
-
 /// Runs with the bad key until every swipe is durable and the drain has said why it cannot send.
 fn run_with_bad_key(rig: &Rig, expected_error: &[&str]) {
     let mut agent = rig.start_agent().unwrap();
-    wait_for(rig, "every swipe to be durable", || {
+    rig.wait_for("every swipe to be durable", || {
         rig.acknowledged().unwrap().len() == SWIPES
     });
-    wait_for(rig, "the key error in the log", || {
-        expected_error.iter().all(|e| log_has(rig, e))
+    rig.wait_for("the key error in the log", || {
+        let log = rig.agent_log();
+        expected_error.iter().all(|e| log.contains(e))
     });
     assert!(
         agent.try_wait().unwrap().is_none(),
@@ -65,8 +49,7 @@ fn run_with_bad_key(rig: &Rig, expected_error: &[&str]) {
 
 /// Swipes acknowledged across all runs (each run's simulated reader presents `SWIPES` anew).
 fn acknowledged_count(rig: &Rig) -> usize {
-    std::fs::read_to_string(&rig.log)
-        .unwrap_or_default()
+    rig.agent_log()
         .lines()
         .filter(|l| l.contains("swipe durable"))
         .count()
@@ -76,7 +59,7 @@ fn acknowledged_count(rig: &Rig) -> usize {
 /// ones of its own run.
 fn fixed_key_drains_everything(rig: &Rig) {
     let mut agent: Child = rig.start_agent().unwrap();
-    wait_for(rig, "both runs' swipes to be committed", || {
+    rig.wait_for("both runs' swipes to be committed", || {
         acknowledged_count(rig) == 2 * SWIPES && rig.emulator.ledger(GATEWAY).len() >= 2 * SWIPES
     });
     // Anything sent twice would show up within a few status polls.

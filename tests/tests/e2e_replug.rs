@@ -4,31 +4,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use badge_tests::harness::{terminate, Rig};
 use badge_tests::serial_sim::{rdm6300_frame, SerialSim};
 
 const PER_PLUG: u64 = 10;
 
-fn log(rig: &Rig) -> String {
-    std::fs::read_to_string(&rig.log).unwrap_or_default()
-}
-
-fn wait_for(rig: &Rig, what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !done() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}; agent log:\n{}",
-            log(rig)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn connects(rig: &Rig) -> usize {
-    log(rig).matches("serial reader connected").count()
+    rig.agent_log().matches("serial reader connected").count()
 }
 
 /// Presents `PER_PLUG` new badges, spaced beyond the dedup window's reach (distinct ids).
@@ -57,17 +41,17 @@ fn unplugged_reader_is_reopened_and_nothing_is_lost() {
     )
     .unwrap();
     let mut agent = rig.start_agent().unwrap();
-    wait_for(&rig, "the first connect", || connects(&rig) == 1);
+    rig.wait_for("the first connect", || connects(&rig) == 1);
     let mut presented = present(&mut sim, 0x5000_0000);
-    wait_for(&rig, "the first swipes to be durable", || {
+    rig.wait_for("the first swipes to be durable", || {
         rig.acknowledged().unwrap().len() as u64 == PER_PLUG
     });
 
     // Unplug: the tty goes away (hang-up on the open descriptor) and so does its by-id link.
     drop(sim);
     std::fs::remove_file(&link).unwrap();
-    wait_for(&rig, "the reader to notice the unplug", || {
-        log(&rig).contains("retrying with back-off")
+    rig.wait_for("the reader to notice the unplug", || {
+        rig.agent_log().contains("retrying with back-off")
     });
     std::thread::sleep(Duration::from_secs(2));
     assert!(
@@ -78,9 +62,9 @@ fn unplugged_reader_is_reopened_and_nothing_is_lost() {
     // Replug: a new tty behind the same link. Bytes sent before the reopen would be discarded (as
     // with real USB), so present only once the reader says it is back.
     let mut sim = SerialSim::open_linked(&link).unwrap();
-    wait_for(&rig, "the reconnect", || connects(&rig) == 2);
+    rig.wait_for("the reconnect", || connects(&rig) == 2);
     presented.extend(present(&mut sim, 0x6000_0000));
-    wait_for(&rig, "every swipe to be committed", || {
+    rig.wait_for("every swipe to be committed", || {
         rig.acknowledged().unwrap().len() as u64 == 2 * PER_PLUG
             && rig.committed().0.len() as u64 >= 2 * PER_PLUG
     });
@@ -102,8 +86,9 @@ fn unplugged_reader_is_reopened_and_nothing_is_lost() {
     assert_eq!(committed, rig.acknowledged().unwrap());
     // The unplug is on record for the operator, as a warning naming the device.
     assert!(
-        log(&rig).contains(&format!("{} disconnected", link.display())),
+        rig.agent_log()
+            .contains(&format!("{} disconnected", link.display())),
         "{}",
-        log(&rig)
+        rig.agent_log()
     );
 }

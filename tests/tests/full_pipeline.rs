@@ -66,7 +66,7 @@ fn every_simulated_swipe_is_exactly_one_row_of_fct_access_events() {
             Instant::now() < deadline,
             "emulator committed {} of {expected} swipes in 60 s; agent log: {}",
             rig.emulator.ledger(GATEWAY).len(),
-            std::fs::read_to_string(&rig.log).unwrap_or_default()
+            rig.agent_log()
         );
         std::thread::sleep(Duration::from_millis(200));
     }
