@@ -349,7 +349,7 @@ def test_monitoring_views_over_local_tables(conn) -> None:
     run_dag(conn)
     health = {r["gateway_id"]: r for r in query(conn, "SELECT * FROM BADGE_DB.ANALYTICS_LAYER.MON_GATEWAY_HEALTH")}
     assert health["gw-a"]["last_offset_token"] == 5 and health["gw-a"]["seq_gaps"] == 2
-    assert health["gw-a"]["last_agent_version"] == "0.2.0"
+    assert health["gw-a"]["agent_version"] == "0.2.0"
     assert health["gw-a"]["is_silent"] is False and health["gw-a"]["events_24h"] == 3
     assert health["gw-b"]["unsynced_clock_24h"] == 1 and health["gw-b"]["seq_gaps"] == 0
     rate = query(conn, "SELECT gateway_id, SUM(rows_ingested) AS n FROM BADGE_DB.ANALYTICS_LAYER.MON_INGESTION_RATE GROUP BY 1 ORDER BY 1")

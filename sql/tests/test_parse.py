@@ -250,3 +250,24 @@ def test_readme_mapping_table_matches_the_pipe() -> None:
         assert field in documented, f"README mapping table lacks {field}"
         assert documented[field][0] == col, (field, documented[field], col)
         assert documented[field][1].replace(" ", "") == typ, (field, documented[field], typ)
+
+
+# --- telemetry stand-ins -----------------------------------------------------------------
+
+
+def _view_output_names(view: str) -> list[str]:
+    import sqlglot
+
+    for path in h.deploy_order():
+        for stmt in h.split_statements(path.read_text()):
+            if h._view_name(stmt) == view:
+                _header, body = h.split_at_top_level_as(stmt)
+                return [n.lower() for n in sqlglot.parse_one(body, read="snowflake").named_selects]
+    pytest.fail(f"view {view} not found in the model")
+
+
+@pytest.mark.parametrize("view", sorted(h.TELEMETRY_STUBS))
+def test_telemetry_stub_has_the_columns_of_the_real_view(view: str) -> None:
+    """The harness's stand-in tables must not drift from the views they replace locally."""
+    stub_cols = [c.strip().split()[0].lower() for c in h.TELEMETRY_STUBS[view].split(", ")]
+    assert stub_cols == _view_output_names(view)
