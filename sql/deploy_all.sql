@@ -9,5 +9,6 @@
 !source 04_tasks.sql
 !source 05_dynamic_tables.sql
 !source 06_monitoring.sql
+!source 08_dashboard.sql
 -- Optional, off by default (fill in the placeholders first):
 -- !source 07_task_error_notifications.sql

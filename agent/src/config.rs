@@ -106,6 +106,9 @@ pub struct Config {
     /// The readers attached to this gateway.
     #[serde(default, rename = "reader")]
     pub readers: Vec<ReaderConfig>,
+    /// Periodic heartbeat rows (gateway health) sent through the same channel as swipes.
+    #[serde(default)]
+    pub heartbeat: HeartbeatConfig,
 }
 
 /// `[buffer]`: the sled write-ahead buffer.
@@ -1059,5 +1062,35 @@ mod tests {
     fn load_reports_missing_file_with_path() {
         let err = Config::load(Path::new("/nonexistent/badge.toml")).unwrap_err();
         assert!(err.to_string().contains("/nonexistent/badge.toml"), "{err}");
+    }
+}
+
+/// `[heartbeat]`: a `heartbeat` row every `interval_secs`, so the Snowflake side can tell a quiet
+/// door from a dead gateway. Heartbeats yield to swipes: skipped (and counted) when the buffer
+/// is near full or the commit queue is busy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatConfig {
+    /// Seconds between heartbeats; 0 turns them off.
+    #[serde(default = "HeartbeatConfig::default_interval_secs")]
+    pub interval_secs: u64,
+}
+
+impl HeartbeatConfig {
+    fn default_interval_secs() -> u64 {
+        300
+    }
+
+    /// The interval, or `None` when heartbeats are off.
+    pub fn interval(&self) -> Option<Duration> {
+        (self.interval_secs > 0).then(|| Duration::from_secs(self.interval_secs))
+    }
+}
+
+impl Default for HeartbeatConfig {
+    fn default() -> Self {
+        HeartbeatConfig {
+            interval_secs: Self::default_interval_secs(),
+        }
     }
 }

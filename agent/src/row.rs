@@ -16,17 +16,24 @@
 //! | `zone_id` | string or null | configured zone of the reader |
 //! | `door_id` | string or null | configured door of the reader |
 //! | `direction` | string or null | `in`, `out` or null |
-//! | `event_type` | string | `card`, `pin`, `reader_fault`, `tamper` |
+//! | `event_type` | string | `card`, `pin`, `reader_fault`, `tamper`, `heartbeat` |
 //! | `credential` | string or null | canonical credential string, null for pin/fault |
 //! | `format` | string or null | card format name, e.g. `H10301`, `EM4100`, `RAW` |
 //! | `facility_code` | integer or null | facility / site code where the format has one |
 //! | `card_number` | integer or null | card number (u64) where the format has one |
 //! | `raw_bits` | string or null | raw frame bits, lower-case hex, MSB first, left-padded to whole bytes |
 //! | `bit_count` | integer or null | number of bits in the raw frame |
-//! | `detail` | string or null | `pin_length=4` for pin events (the PIN never leaves the gateway), fault reason for `reader_fault`/`tamper` |
+//! | `detail` | string or null | `pin_length=4` for pin events (the PIN never leaves the gateway), fault reason for `reader_fault`/`tamper`, the health report (a JSON object, below) for `heartbeat` |
 //! | `swiped_at` | string | UTC time of the swipe, RFC 3339 with milliseconds: `2026-11-22T10:15:30.123Z` |
 //! | `clock_synced` | boolean | whether the system clock was NTP-synchronised when the swipe was stamped |
 //! | `agent_version` | string | agent version that read the swipe |
+//!
+//! A `heartbeat` row has `reader_id` = `_gateway`, null zone, door, direction and card fields,
+//! `swiped_at` = when it was made, `clock_synced` and `agent_version` as for a swipe, and in
+//! `detail` a compact JSON object: `buffer_depth` (records not yet committed to Snowflake),
+//! `buffer_bytes`, `oldest_unsent_age_s` (null when nothing waits), `skipped_heartbeats` (skipped
+//! since the last one sent because the buffer was near full), `readers` (reader id → `up`/`down`)
+//! and `readers_down`. The Snowflake model reads these fields (`MON_GATEWAY_HEARTBEATS`).
 //!
 //! Example line:
 //!
@@ -48,6 +55,9 @@ pub enum EventType {
     ReaderFault,
     /// The reader's tamper input fired.
     Tamper,
+    /// The agent's periodic health report (no swipe; see `service::heartbeat`). Appended last so
+    /// records already in a buffer keep their encoding.
+    Heartbeat,
 }
 
 /// Direction of travel through the door, where the reader knows it.

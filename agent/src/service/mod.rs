@@ -8,6 +8,7 @@
 //! the problem. Process-level trouble (a wedged loop) is left to the systemd watchdog.
 
 mod drain_thread;
+pub mod heartbeat;
 pub mod ingest;
 
 use std::net::SocketAddr;
@@ -148,6 +149,16 @@ pub async fn run(
         committer.sender(),
         config.buffer.max_bytes,
     ));
+
+    let _heartbeat_task = config.heartbeat.interval().map(|every| {
+        tokio::spawn(heartbeat::run(
+            every,
+            config.buffer.max_bytes,
+            Arc::clone(&health),
+            committer.sender(),
+            stop_rx.clone(),
+        ))
+    });
 
     // 5. The drain, if there is somewhere to drain to.
     let drain_stop = Arc::new(AtomicBool::new(false));
