@@ -45,38 +45,29 @@ pub fn use_health_port(rig: &Rig) -> anyhow::Result<SocketAddr> {
     Ok(format!("127.0.0.1:{port}").parse()?)
 }
 
-/// `RLIMIT_NOFILE` (soft, hard) of a running process.
+/// `RLIMIT_NOFILE` (soft, hard) of a running process (util-linux `prlimit`).
 pub fn nofile(pid: u32) -> anyhow::Result<(u64, u64)> {
-    let mut old = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    let pid = libc::pid_t::try_from(pid)?;
-    // SAFETY: prlimit reads into `old`, a valid rlimit; a null new limit changes nothing.
-    let rc = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut old) };
-    if rc != 0 {
-        bail!("prlimit({pid}) failed: {}", std::io::Error::last_os_error());
+    let out = run(Command::new("prlimit").arg(format!("--pid={pid}")).args([
+        "--nofile",
+        "--output=SOFT,HARD",
+        "--noheadings",
+        "--raw",
+    ]))
+    .context("reading the agent's descriptor limit (util-linux prlimit)")?;
+    let mut it = out.split_whitespace().map(str::parse::<u64>);
+    match (it.next(), it.next()) {
+        (Some(Ok(soft)), Some(Ok(hard))) => Ok((soft, hard)),
+        _ => bail!("unexpected prlimit output: {out}"),
     }
-    Ok((old.rlim_cur, old.rlim_max))
 }
 
-/// Sets the soft `RLIMIT_NOFILE` of a running process (the hard limit stays), like
-/// `prlimit --pid PID --nofile=SOFT:HARD`.
+/// Sets the soft `RLIMIT_NOFILE` of a running process; the hard limit stays.
 pub fn set_nofile_soft(pid: u32, soft: u64) -> anyhow::Result<()> {
     let (_, hard) = nofile(pid)?;
-    let new = libc::rlimit {
-        rlim_cur: soft.min(hard),
-        rlim_max: hard,
-    };
-    let pid = libc::pid_t::try_from(pid)?;
-    // SAFETY: `new` is a valid rlimit; the old value is not requested.
-    let rc = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &new, std::ptr::null_mut()) };
-    if rc != 0 {
-        bail!(
-            "prlimit({pid}, NOFILE={soft}) failed: {} (needs the same user or CAP_SYS_RESOURCE)",
-            std::io::Error::last_os_error()
-        );
-    }
+    run(Command::new("prlimit")
+        .arg(format!("--pid={pid}"))
+        .arg(format!("--nofile={}:{hard}", soft.min(hard))))
+    .context("changing the agent's descriptor limit (same user or CAP_SYS_RESOURCE)")?;
     Ok(())
 }
 

@@ -21,7 +21,7 @@ const FAULT: Duration = Duration::from_secs(4);
 
 fn rig() -> Rig {
     let readers = format!(
-        "[[reader]]\nid = \"sim\"\nkind = \"simulated\"\nrate_per_sec = 40.0\ncount = {SWIPES}\npopulation = 100000\n"
+        "[[reader]]\nid = \"sim\"\nkind = \"simulated\"\nrate_per_sec = 40.0\ncount = {SWIPES}\npopulation = 5000\n"
     );
     Rig::new(
         env!("CARGO_BIN_EXE_badge-agent-e2e"),
