@@ -173,6 +173,7 @@ pub fn build_lazyfs() -> PathBuf {
         assert!(
             Command::new("sh")
                 .args(["-c", &format!("command -v {tool}")])
+                .stdout(Stdio::null())
                 .status()
                 .is_ok_and(|s| s.success()),
             "{tool} is missing (the LazyFS build installs fuse3)"
