@@ -958,8 +958,8 @@ mod tests {
         assert!(b.fits(100));
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn retry_core_steps() {
+    #[test]
+    fn retry_core_steps() {
         let t0 = Instant::now();
         let ms = Duration::from_millis;
         let mut core = RetryCore::new(Backoff::new(ms(10), ms(1000)), ms(2000));
