@@ -1002,6 +1002,76 @@ mod tests {
         assert_eq!(core.failed(t0), ms(10));
     }
 
+    #[derive(Default)]
+    struct Seen {
+        depth: std::sync::Mutex<Vec<usize>>,
+        dropped: std::sync::Mutex<Vec<(CommitDropReason, u64)>>,
+    }
+
+    impl CommitObserver for Seen {
+        fn retry_queue(&self, records: usize, _bytes: u64) {
+            self.depth.lock().unwrap().push(records);
+        }
+        fn dropped(&self, reason: CommitDropReason, count: u64) {
+            self.dropped.lock().unwrap().push((reason, count));
+        }
+    }
+
+    /// The shell with a filesystem reserve that can never be met: every commit fails
+    /// transiently. Swipes are queued (submitters told so), the overflow is dropped and counted,
+    /// and at stop the rest is given up after the grace period, counted too.
+    #[tokio::test]
+    async fn failing_commits_queue_then_drop_on_overflow_and_at_stop() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut opts = crate::buffer::BufferOptions::new(dir.path().join("b"));
+        opts.min_free_bytes = u64::MAX;
+        let buffer = Arc::new(Buffer::open(opts).unwrap());
+        let seen = Arc::new(Seen::default());
+        let cfg = GroupCommitConfig {
+            retry_max_records: 3,
+            stop_grace: Duration::from_millis(200),
+            ..GroupCommitConfig::default()
+        };
+        let observer: Arc<dyn CommitObserver> = seen.clone();
+        let (handle, task) =
+            GroupCommitter::spawn_observed(Arc::clone(&buffer), cfg, Some(observer));
+        let mut queued = Vec::new();
+        for n in 0..5 {
+            let mut rec = placeholder();
+            rec.credential = Some(format!("c{n}"));
+            match handle.submit(rec).await.unwrap().progress().await {
+                Progress::Queued(q) => queued.push(q),
+                Progress::Done(ack) => {
+                    assert!(n >= 3, "swipe {n} answered early: {ack:?}");
+                    assert!(ack.unwrap_err().to_string().contains("retry queue is full"));
+                }
+            }
+        }
+        assert_eq!(queued.len(), 3);
+        drop(handle);
+        for q in queued {
+            assert!(q.wait().await.is_err(), "nothing could be stored");
+        }
+        task.await.unwrap();
+        assert_eq!(buffer.next_seq(), 0, "no sequence number was used");
+        let dropped = seen.dropped.lock().unwrap().clone();
+        assert_eq!(
+            dropped,
+            vec![
+                (CommitDropReason::RetryQueueFull, 1),
+                (CommitDropReason::RetryQueueFull, 1),
+                (CommitDropReason::StoppedWhileRetrying, 3),
+            ]
+        );
+        let depth = seen.depth.lock().unwrap().clone();
+        assert_eq!(depth.iter().max(), Some(&3), "{depth:?}");
+        assert_eq!(
+            depth.last(),
+            Some(&0),
+            "readiness restored at the end: {depth:?}"
+        );
+    }
+
     #[test]
     fn approx_bytes_grows_with_the_strings() {
         let mut rec = placeholder();
