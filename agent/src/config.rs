@@ -136,6 +136,13 @@ pub struct BufferConfig {
     /// Group commit: longest a swipe waits for companions before its batch is flushed.
     #[serde(default = "BufferConfig::default_group_max_delay_ms")]
     pub group_commit_max_delay_ms: u64,
+    /// Retry queue: most swipes held in memory while group commits fail (EMFILE, EIO, a full
+    /// disk), retried with back-off; beyond it new swipes are dropped and counted.
+    #[serde(default = "BufferConfig::default_retry_queue_max_records")]
+    pub retry_queue_max_records: usize,
+    /// Retry queue: most bytes (estimated in-memory size of the queued swipes).
+    #[serde(default = "BufferConfig::default_retry_queue_max_bytes")]
+    pub retry_queue_max_bytes: u64,
 }
 
 impl BufferConfig {
@@ -153,6 +160,12 @@ impl BufferConfig {
     }
     fn default_group_max_delay_ms() -> u64 {
         5
+    }
+    fn default_retry_queue_max_records() -> usize {
+        10_000
+    }
+    fn default_retry_queue_max_bytes() -> u64 {
+        4 * 1024 * 1024
     }
 
     /// The buffer directory: the configured one, else `$STATE_DIRECTORY/buffer`, else the default.
@@ -182,6 +195,8 @@ impl Default for BufferConfig {
             min_free_bytes: Self::default_min_free_bytes(),
             group_commit_max_records: Self::default_group_max_records(),
             group_commit_max_delay_ms: Self::default_group_max_delay_ms(),
+            retry_queue_max_records: Self::default_retry_queue_max_records(),
+            retry_queue_max_bytes: Self::default_retry_queue_max_bytes(),
         }
     }
 }
@@ -590,6 +605,28 @@ impl BufferConfig {
                 "buffer.group_commit_max_delay_ms",
                 "a swipe would wait over a second before it is durable",
                 "use a few milliseconds; 5 is the default",
+            ));
+        }
+        self.validate_retry_queue()
+    }
+
+    fn validate_retry_queue(&self) -> Result<(), ConfigError> {
+        const MIB: u64 = 1024 * 1024;
+        if !(1..=1_000_000).contains(&self.retry_queue_max_records) {
+            return Err(ConfigError::invalid(
+                "buffer.retry_queue_max_records",
+                format!("{} is outside 1 ..= 1000000", self.retry_queue_max_records),
+                "use the default 10000 (swipes held in memory while commits fail)",
+            ));
+        }
+        if !(64 * 1024..=64 * MIB).contains(&self.retry_queue_max_bytes) {
+            return Err(ConfigError::invalid(
+                "buffer.retry_queue_max_bytes",
+                format!(
+                    "{} bytes is outside 65536 ..= 67108864 (64 KiB ..= 64 MiB)",
+                    self.retry_queue_max_bytes
+                ),
+                "the unit caps memory at 256 MiB; use the default 4194304 (4 MiB)",
             ));
         }
         Ok(())
@@ -1062,6 +1099,43 @@ mod tests {
     fn load_reports_missing_file_with_path() {
         let err = Config::load(Path::new("/nonexistent/badge.toml")).unwrap_err();
         assert!(err.to_string().contains("/nonexistent/badge.toml"), "{err}");
+    }
+
+    #[test]
+    fn retry_queue_keys_default_and_are_bounded() {
+        let with = |buffer: &str| {
+            format!("gateway_id = \"gw\"\n[buffer]\n{buffer}[[reader]]\nid = \"a\"\nkind = \"simulated\"\n")
+        };
+        let config = Config::parse(&with("")).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.buffer.retry_queue_max_records, 10_000);
+        assert_eq!(config.buffer.retry_queue_max_bytes, 4 * 1024 * 1024);
+        for (buffer, key) in [
+            (
+                "retry_queue_max_records = 0\n",
+                "buffer.retry_queue_max_records",
+            ),
+            (
+                "retry_queue_max_records = 2000000\n",
+                "buffer.retry_queue_max_records",
+            ),
+            (
+                "retry_queue_max_bytes = 1000\n",
+                "buffer.retry_queue_max_bytes",
+            ),
+            (
+                "retry_queue_max_bytes = 1073741824\n",
+                "buffer.retry_queue_max_bytes",
+            ),
+        ] {
+            assert_eq!(invalid_key(&with(buffer)), key, "for {buffer}");
+        }
+        let message = Config::parse(&with("retry_queue_max_bytes = 1000\n"))
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("4194304"), "{message}");
     }
 }
 

@@ -1,5 +1,6 @@
 //! Simulators and helpers shared by badge-gateway's end-to-end tests.
 
+pub mod faults;
 pub mod harness;
 pub mod pyenv;
 pub mod sdk_venv;

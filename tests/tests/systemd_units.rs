@@ -213,6 +213,7 @@ fn agent_unit_keeps_its_essential_settings() {
         "ConfigurationDirectory=badge-agent",
         "User=badge-agent",
         "StartLimitBurst=10",
+        "LimitNOFILE=8192",
         "ExecStart=/usr/lib/badge-agent/current/badge-agent run --config /etc/badge-agent/config.toml",
     ] {
         assert!(lines.contains(&needed), "badge-agent.service lacks `{needed}`");

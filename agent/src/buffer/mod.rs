@@ -8,7 +8,7 @@
 //!   `flush()` *and* `sync_all()` on every file of the database (sled 0.34's `flush` uses
 //!   `sync_file_range`, which is not a device barrier), and only then returns the sequence numbers.
 //!   [`GroupCommitter`] batches concurrent swipes (256 records / 5 ms by default) into one such
-//!   commit.
+//!   commit. A failed group commit is retried from a bounded in-memory queue (see [`group`]).
 //! * `next_seq = max(q.last + 1, meta.next_seq, committed + 1)` at start-up and never decreases
 //!   (invariant I4). Never `Db::generate_id()`.
 //! * The drain reads with bounded [`Buffer::range_from`] and deletes with
@@ -22,7 +22,10 @@ pub mod group;
 pub mod record;
 pub mod store;
 
-pub use group::{Ack, GroupCommitConfig, GroupCommitHandle, GroupCommitter, Submission};
+pub use group::{
+    Ack, CommitDropReason, CommitObserver, GroupCommitConfig, GroupCommitHandle, GroupCommitter,
+    PendingAck, Progress, QueuedAck, Submission, Waiter,
+};
 pub use record::{RecordError, RECORD_FORMAT_VERSION};
 pub use store::{
     Buffer, BufferError, BufferObserver, BufferOptions, BufferStats, DropReason, FullPolicy,

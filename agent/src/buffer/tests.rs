@@ -189,6 +189,7 @@ async fn buffer_group_commit_acks_only_after_sync() {
         max_records: 8,
         max_delay: Duration::from_millis(20),
         queue_capacity: 64,
+        ..GroupCommitConfig::default()
     };
     let (handle, task) = GroupCommitter::spawn(b.clone(), cfg);
     let mut waits = Vec::new();

@@ -64,6 +64,8 @@ pub struct Metrics {
     pub buffer_sent_records: Counter,
     /// Swipes refused or lost, by reason.
     pub buffer_dropped_records: Family<ReasonLabel, Counter>,
+    /// Swipes held in memory for a retry of a failed group commit (not durable yet).
+    pub buffer_retry_queue_records: Gauge,
     /// The next sequence number the buffer will assign.
     pub sequence_next: Gauge,
     /// Snowflake's last committed offset token.
@@ -105,6 +107,7 @@ impl Metrics {
             buffer_received_records: Counter::default(),
             buffer_sent_records: Counter::default(),
             buffer_dropped_records: Family::default(),
+            buffer_retry_queue_records: Gauge::default(),
             sequence_next: Gauge::default(),
             offset_committed: Gauge::default(),
             offset_sent: Gauge::default(),
@@ -158,6 +161,11 @@ impl Metrics {
             "buffer_dropped_records",
             "Swipes refused or lost, by reason",
             metrics.buffer_dropped_records.clone(),
+        );
+        r.register(
+            "buffer_retry_queue_records",
+            "Swipes held in memory for a retry of a failed buffer commit (not durable yet)",
+            metrics.buffer_retry_queue_records.clone(),
         );
         r.register(
             "sequence_next",

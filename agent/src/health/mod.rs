@@ -71,6 +71,9 @@ pub struct BufferStatus {
     pub next_seq: u64,
     /// A corrupt database was moved aside at start-up.
     pub quarantined: bool,
+    /// Swipes held in memory for a retry of a failed group commit (not durable yet); readiness
+    /// is degraded while this is not 0.
+    pub retry_queue: u64,
 }
 
 /// What `/status` shows about the drain to Snowflake.
@@ -121,6 +124,7 @@ pub struct Health {
     version: String,
     started: Instant,
     ready: AtomicBool,
+    retry_queue: AtomicU64,
     heartbeats: Mutex<Vec<Heartbeat>>,
     readers: Mutex<BTreeMap<String, ReaderStatus>>,
     buffer: Mutex<BufferStatus>,
@@ -148,6 +152,7 @@ impl Health {
             version: version.to_owned(),
             started: Instant::now(),
             ready: AtomicBool::new(false),
+            retry_queue: AtomicU64::new(0),
             heartbeats: Mutex::new(Vec::new()),
             readers: Mutex::new(BTreeMap::new()),
             buffer: Mutex::new(BufferStatus::default()),
@@ -197,9 +202,26 @@ impl Health {
         self.ready.store(ready, Ordering::Relaxed);
     }
 
-    /// Ready and live.
+    /// Ready, live, and no swipe waiting for a retry of a failed commit.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed) && self.is_live()
+        self.ready.load(Ordering::Relaxed) && self.is_live() && self.degraded().is_none()
+    }
+
+    /// Records how many swipes wait in the group committer's retry queue.
+    pub fn set_retry_queue(&self, records: u64) {
+        self.retry_queue.store(records, Ordering::Relaxed);
+        self.metrics
+            .buffer_retry_queue_records
+            .set(metrics::gauge_value(records));
+        lock(&self.buffer).retry_queue = records;
+    }
+
+    /// Why the agent runs degraded, if it does (for `/readyz` and an operator).
+    pub fn degraded(&self) -> Option<String> {
+        let queued = self.retry_queue.load(Ordering::Relaxed);
+        (queued > 0).then(|| {
+            format!("degraded: {queued} swipes wait for a retry of a failed buffer commit")
+        })
     }
 
     /// Updates one reader's status.
@@ -280,6 +302,17 @@ mod tests {
         assert_eq!(doc.readers["door"].swipes, 2);
         assert_eq!(doc.buffer.depth, 5);
         assert_eq!(doc.drain.committed, Some(9));
+        health.set_ready(true);
+        health.set_retry_queue(3);
+        assert!(!health.is_ready(), "degraded while swipes wait for a retry");
+        assert_eq!(health.status().buffer.retry_queue, 3);
+        assert!(health.degraded().unwrap().contains("3 swipes"));
+        assert!(health
+            .render_metrics()
+            .contains("badge_agent_buffer_retry_queue_records 3"));
+        health.set_retry_queue(0);
+        assert!(health.is_ready() && health.degraded().is_none());
+        health.set_ready(false);
         assert!(!doc.ready, "not ready until set_ready");
         let json = serde_json::to_value(&doc).unwrap();
         assert_eq!(json["drain"]["committed"], 9);

@@ -17,7 +17,7 @@ use reader_protocol::{Dedup, DedupKey, DedupPolicy, ReaderEvent, Source, Verdict
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::buffer::GroupCommitHandle;
+use crate::buffer::{Ack, GroupCommitHandle, Progress};
 use crate::clock;
 use crate::config::{ReaderSource, ReaderSpec};
 use crate::health::{Health, Heartbeat};
@@ -199,7 +199,8 @@ impl Emitter {
     }
 
     /// Handles one decoded event seen at monotonic time `mono_ns`; returns the swipe's sequence
-    /// number once it is durable (`None` when suppressed, rate-limited or refused).
+    /// number once it is durable (`None` when suppressed, rate-limited, refused, or queued for
+    /// a retry of a failed commit: then it is reported when durable, without holding the reader).
     pub async fn emit(&mut self, event: ReaderEvent, mono_ns: u64) -> Option<u64> {
         self.beat();
         if let Some(key) = DedupKey::for_event(self.source, &event) {
@@ -224,36 +225,73 @@ impl Emitter {
             clock::now_unix_ms(),
             clock::clock_synced(),
         );
-        let swiped_at_ms = record.swiped_at_ms;
-        let credential = record.credential.clone();
-        match self.committer.commit(record).await {
+        let report = AckReport {
+            health: Arc::clone(&self.health),
+            reader: self.spec.id.clone(),
+            counts_as_swipe: matches!(event, ReaderEvent::Card(_) | ReaderEvent::Pin(_)),
+            event_type: event.event_type(),
+            swiped_at_ms: record.swiped_at_ms,
+            credential: record.credential.clone(),
+        };
+        let pending = match self.committer.submit(record).await {
+            Ok(pending) => pending,
+            Err(err) => return report.finish(Err(err)),
+        };
+        match pending.progress().await {
+            Progress::Done(ack) => report.finish(ack),
+            Progress::Queued(queued) => {
+                // Commits are failing and the swipe waits in the retry queue (bounded there):
+                // keep reading, and report the swipe when it is durable or given up.
+                tokio::spawn(async move {
+                    report.finish(queued.wait().await);
+                });
+                None
+            }
+        }
+    }
+}
+
+/// What the reader reports once a swipe's commit is answered.
+#[derive(Debug)]
+struct AckReport {
+    health: Arc<Health>,
+    reader: String,
+    counts_as_swipe: bool,
+    event_type: &'static str,
+    swiped_at_ms: i64,
+    credential: Option<String>,
+}
+
+impl AckReport {
+    fn finish(self, ack: Ack) -> Option<u64> {
+        match ack {
             Ok(seq) => {
-                if matches!(event, ReaderEvent::Card(_) | ReaderEvent::Pin(_)) {
+                if self.counts_as_swipe {
                     self.health
                         .metrics
                         .reader_swipes
                         .get_or_create(&crate::health::metrics::ReaderLabel {
-                            reader: self.spec.id.clone(),
+                            reader: self.reader.clone(),
                         })
                         .inc();
-                    self.health.update_reader(&self.spec.id, |r| {
+                    self.health.update_reader(&self.reader, |r| {
                         r.swipes += 1;
-                        r.last_swipe_ms = Some(swiped_at_ms);
+                        r.last_swipe_ms = Some(self.swiped_at_ms);
                     });
                 }
                 tracing::debug!(
-                    reader = %self.spec.id,
+                    reader = %self.reader,
                     seq,
-                    event_type = event.event_type(),
-                    credential = credential.as_deref().unwrap_or("-"),
+                    event_type = self.event_type,
+                    credential = self.credential.as_deref().unwrap_or("-"),
                     "swipe durable"
                 );
                 Some(seq)
             }
             Err(err) => {
-                // Refusals (buffer full) are already counted by the buffer's observer.
-                tracing::error!(reader = %self.spec.id, error = %err, "swipe NOT stored");
-                self.health.update_reader(&self.spec.id, |r| {
+                // Refusals (buffer full) and retry-queue drops are already counted.
+                tracing::error!(reader = %self.reader, error = %err, "swipe NOT stored");
+                self.health.update_reader(&self.reader, |r| {
                     r.last_error = Some(format!("swipe not stored: {err}"));
                 });
                 None

@@ -19,8 +19,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::buffer::{
-    Buffer, BufferError, BufferObserver, BufferOptions, DropReason, GroupCommitConfig,
-    GroupCommitter,
+    Buffer, BufferError, BufferObserver, BufferOptions, CommitDropReason, CommitObserver,
+    DropReason, GroupCommitConfig, GroupCommitter,
 };
 use crate::config::{Config, ReaderSpec};
 use crate::health::metrics::gauge_value;
@@ -69,6 +69,19 @@ impl BufferObserver for BufferMetrics {
     }
 }
 
+/// Exports the group committer's retry queue (readiness, depth gauge) and its drops.
+struct CommitMetrics(Arc<Health>);
+
+impl CommitObserver for CommitMetrics {
+    fn retry_queue(&self, records: usize, _bytes: u64) {
+        self.0.set_retry_queue(records as u64);
+    }
+
+    fn dropped(&self, reason: CommitDropReason, count: u64) {
+        self.0.metrics.dropped(reason.as_label(), count);
+    }
+}
+
 /// The health state a service run reports into (callers keep a handle to watch progress).
 pub fn new_health(config: &Config) -> Arc<Health> {
     Health::new(
@@ -104,9 +117,10 @@ pub async fn run(
         .metrics
         .buffer_max_bytes
         .set(gauge_value(config.buffer.max_bytes));
-    let (committer, committer_task) = GroupCommitter::spawn(
+    let (committer, committer_task) = GroupCommitter::spawn_observed(
         Arc::clone(&buffer),
         GroupCommitConfig::from_config(&config.buffer),
+        Some(Arc::new(CommitMetrics(Arc::clone(&health)))),
     );
 
     // 2. Health endpoints (loopback by default). A busy port must not stop the door readers.
