@@ -204,12 +204,15 @@ pub async fn run(
         tracing::warn!("swipes still waiting for their group commit at shutdown were not acknowledged; abandoning them");
     }
     if let Some(drain) = drain {
-        let join = tokio::task::spawn_blocking(move || drain.join());
-        if tokio::time::timeout_at(deadline + DRAIN_GRACE, join)
-            .await
-            .is_err()
-        {
-            tracing::warn!("the drain did not stop in time; abandoning its request (it resumes from the committed offset token)");
+        // Polled rather than joined on a blocking task: the runtime's drop would wait for that.
+        let until = deadline + DRAIN_GRACE;
+        while !drain.is_finished() && tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if drain.is_finished() {
+            let _ = drain.join();
+        } else {
+            tracing::warn!("the drain did not stop in time; abandoning it (it resumes from the committed offset token)");
         }
     }
     if let Some(task) = watchdog_task {
