@@ -670,7 +670,11 @@ impl SnowpipeClient {
                     } else if retry.force_open() && op == Op::OpenChannel && delay.is_zero() {
                         tracing::warn!(channel = channel.unwrap_or(""), "channel still has uncommitted data; forcing the reopen (fail_on_uncommitted_rows=false)");
                     } else {
-                        tracing::warn!(%op, attempt = retry.attempts(), status, delay_ms = delay.as_millis() as u64, "retrying");
+                        let reason = match &outcome {
+                            Ok(r) => format!("HTTP {}", r.status),
+                            Err(e) => e.to_string(),
+                        };
+                        tracing::warn!(%op, attempt = retry.attempts(), reason = %reason, delay_ms = delay.as_millis() as u64, "retrying");
                     }
                     if !delay.is_zero() && self.clock.sleep_or_stop(delay, &self.stop) {
                         return Err(SnowpipeError::Stopped);
