@@ -17,11 +17,15 @@ pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     let health = service::new_health(&config);
-    runtime.block_on(service::run(
+    let result = runtime.block_on(service::run(
         config,
         readers,
         health,
         service::termination_signal(),
-    ))?;
+    ));
+    // A blocking task stuck at shutdown (an fsync on a failing card) must not hold the exit:
+    // nothing it was doing was acknowledged yet.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    result?;
     Ok(ExitCode::SUCCESS)
 }

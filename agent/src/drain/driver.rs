@@ -1,8 +1,7 @@
 //! Thin I/O shell around [`Machine`]: executes its actions against the [`Buffer`] and an
 //! [`Ingest`] implementation.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tracing::{debug, error, info, warn};
 
@@ -107,6 +106,8 @@ pub struct Drainer {
     machine: Machine,
     gateway_id: String,
     ndjson: Vec<u8>,
+    /// `(seq, end of its line in ndjson)` of the rows read for the current append.
+    line_ends: Vec<(u64, usize)>,
     gap_reported: Option<u64>,
 }
 
@@ -117,6 +118,7 @@ impl Drainer {
             machine: Machine::new(cfg.machine),
             gateway_id: cfg.gateway_id,
             ndjson: Vec::new(),
+            line_ends: Vec::new(),
             gap_reported: None,
         }
     }
@@ -187,20 +189,20 @@ impl Drainer {
                 max_records,
                 max_bytes,
             } => {
-                // Stored bytes are smaller than JSON, so this read is a bounded superset.
+                // Stored bytes are smaller than JSON, so this read is a bounded superset. This
+                // window only bounds memory: the ingest cuts it into requests within the limits.
                 let recs = buffer.range_from(from_seq, max_records, max_bytes)?;
                 let Some(&(start, _)) = recs.first() else {
                     self.machine.handle(Input::NothingToSend, now);
                     return Ok(Step::Progress);
                 };
                 self.ndjson.clear();
-                let mut end = start;
-                let mut count = 0usize;
+                self.line_ends.clear();
                 let mut expected = from_seq;
                 for (seq, rec) in &recs {
                     let before = self.ndjson.len();
                     rec.write_json_line(&self.gateway_id, *seq, &mut self.ndjson);
-                    if self.ndjson.len() > max_bytes && count > 0 {
+                    if self.ndjson.len() > max_bytes && !self.line_ends.is_empty() {
                         self.ndjson.truncate(before);
                         break;
                     }
@@ -211,16 +213,23 @@ impl Drainer {
                         self.gap_reported = Some(*seq);
                     }
                     expected = seq.saturating_add(1);
-                    end = *seq;
-                    count += 1;
+                    self.line_ends.push((*seq, self.ndjson.len()));
                 }
-                match ingest.append(start, end, &self.ndjson) {
-                    Ok(()) => {
+                let mut rows: Vec<(u64, &[u8])> = Vec::with_capacity(self.line_ends.len());
+                let mut from = 0;
+                for &(seq, end) in &self.line_ends {
+                    // Without its newline: the request owner frames the lines.
+                    rows.push((seq, &self.ndjson[from..end.saturating_sub(1)]));
+                    from = end;
+                }
+                match ingest.append(&rows) {
+                    Ok(end) => {
+                        let sent = &rows[..rows.partition_point(|(seq, _)| *seq <= end)];
                         observer.event(&DrainEvent::Appended {
                             start,
                             end,
-                            records: count,
-                            bytes: self.ndjson.len(),
+                            records: sent.len(),
+                            bytes: sent.iter().map(|(_, line)| line.len() + 1).sum(),
                         });
                         Input::Appended { start, end }
                     }
@@ -254,34 +263,4 @@ impl Drainer {
             error: error.clone(),
         });
     }
-}
-
-/// Runs the drain until `shutdown` is set (returns `Ok`) or it stops (returns the error; the
-/// agent should exit non-zero so systemd restarts it). Blocking: run it on its own thread.
-pub fn run_drain<I: Ingest + ?Sized>(
-    buffer: &Buffer,
-    ingest: &mut I,
-    cfg: DrainConfig,
-    shutdown: &AtomicBool,
-    observer: &dyn DrainObserver,
-) -> Result<(), DrainError> {
-    let t0 = Instant::now();
-    let mut drainer = Drainer::new(cfg);
-    while !shutdown.load(Ordering::Relaxed) {
-        match drainer.step(buffer, ingest, t0.elapsed(), observer)? {
-            Step::Progress => {}
-            Step::Sleep(d) => {
-                // Sleep in short slices so a shutdown request is honoured promptly.
-                let until = Instant::now() + d;
-                while !shutdown.load(Ordering::Relaxed) {
-                    let left = until.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        break;
-                    }
-                    std::thread::sleep(left.min(Duration::from_millis(50)));
-                }
-            }
-        }
-    }
-    Ok(())
 }

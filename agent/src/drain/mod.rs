@@ -28,7 +28,7 @@
 pub mod driver;
 pub mod machine;
 
-pub use driver::{run_drain, DrainConfig, DrainEvent, DrainObserver, Drainer, NoopObserver, Step};
+pub use driver::{DrainConfig, DrainEvent, DrainObserver, Drainer, NoopObserver, Step};
 pub use machine::{Action, Input, Machine, MachineConfig};
 
 /// The three outcomes the drain distinguishes. Retries of the *same* request (expired token,
@@ -55,9 +55,12 @@ pub trait Ingest {
     /// anything appended but not yet committed. Returns the committed offset token (`None` for a
     /// channel that never committed anything).
     fn open(&mut self) -> Result<Option<u64>, IngestError>;
-    /// Appends NDJSON rows carrying sequence numbers `start..=end` with offset tokens
-    /// `start`/`end` on the current session.
-    fn append(&mut self, start: u64, end: u64, ndjson: &[u8]) -> Result<(), IngestError>;
+    /// Appends a leading run of `rows` — `(seq, JSON line without its newline)`, sequence numbers
+    /// increasing, at least one row — as one request on the current session, with offset
+    /// tokens its first and last sequence number, and returns that last sequence number. How
+    /// many rows fit one request is the implementation's business (the request limits depend
+    /// on its encoding); the drain sends the rest next.
+    fn append(&mut self, rows: &[(u64, &[u8])]) -> Result<u64, IngestError>;
     /// The channel's current committed offset token.
     fn committed(&mut self) -> Result<Option<u64>, IngestError>;
 }
@@ -66,8 +69,8 @@ impl<T: Ingest + ?Sized> Ingest for &mut T {
     fn open(&mut self) -> Result<Option<u64>, IngestError> {
         (**self).open()
     }
-    fn append(&mut self, start: u64, end: u64, ndjson: &[u8]) -> Result<(), IngestError> {
-        (**self).append(start, end, ndjson)
+    fn append(&mut self, rows: &[(u64, &[u8])]) -> Result<u64, IngestError> {
+        (**self).append(rows)
     }
     fn committed(&mut self) -> Result<Option<u64>, IngestError> {
         (**self).committed()

@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 
 use super::ingest::SnowpipeIngest;
 use crate::buffer::Buffer;
-use crate::config::{Compression, SnowflakeConfig};
+use crate::config::SnowflakeConfig;
 use crate::drain::{DrainConfig, DrainEvent, DrainObserver, Drainer, IngestError, Step};
 use crate::health::metrics::{gauge_value, ReasonLabel};
 use crate::health::{Health, Heartbeat};
-use crate::snowpipe::{ClientConfig, ContentEncoding, RequestEvent, SnowpipeClient};
+use crate::snowpipe::{ClientConfig, RequestEvent, SnowpipeClient, StopSignal};
 
 /// Wait before a stopped drain starts again from scratch (fresh client, reopen, rewind).
 const RESTART_DELAY: Duration = Duration::from_secs(60);
@@ -25,7 +25,7 @@ pub fn spawn(
     sf: SnowflakeConfig,
     gateway_id: String,
     health: Arc<Health>,
-    stop: Arc<AtomicBool>,
+    stop: StopSignal,
 ) -> JoinHandle<()> {
     let heartbeat = health.heartbeat_with_limit("drain", DRAIN_STALL_AFTER);
     let channel = sf.channel_name(&gateway_id).to_owned();
@@ -50,16 +50,15 @@ pub fn spawn(
         })
 }
 
-/// Sleeps up to `d`, in slices, beating and honouring `stop`.
-fn nap(d: Duration, heartbeat: &Heartbeat, stop: &AtomicBool) {
+/// Sleeps up to `d`, beating at least once a second, and wakes at once on `stop`.
+fn nap(d: Duration, heartbeat: &Heartbeat, stop: &StopSignal) {
     let until = Instant::now() + d;
-    while !stop.load(Ordering::Relaxed) {
+    loop {
         heartbeat.beat();
         let left = until.saturating_duration_since(Instant::now());
-        if left.is_zero() {
+        if left.is_zero() || stop.wait(left.min(Duration::from_secs(1))) {
             break;
         }
-        std::thread::sleep(left.min(Duration::from_millis(50)));
     }
 }
 
@@ -70,14 +69,9 @@ fn supervise(
     channel: &str,
     health: &Arc<Health>,
     heartbeat: &Heartbeat,
-    stop: &AtomicBool,
+    stop: &StopSignal,
 ) {
-    let encoding = match sf.compression {
-        Compression::Zstd => ContentEncoding::Zstd,
-        Compression::Gzip => ContentEncoding::Gzip,
-        Compression::None => ContentEncoding::Identity,
-    };
-    while !stop.load(Ordering::Relaxed) {
+    while !stop.is_stopped() {
         heartbeat.beat();
         let mut client = match SnowpipeClient::new(ClientConfig::from_snowflake_config(sf)) {
             Ok(client) => client,
@@ -92,6 +86,7 @@ fn supervise(
                 continue;
             }
         };
+        client.set_stop(stop.clone());
         let request_health = Arc::clone(health);
         let request_beat = heartbeat.clone();
         client.set_observer(Arc::new(move |e: &RequestEvent| {
@@ -103,13 +98,12 @@ fn supervise(
                 .metrics
                 .request(e.op.as_str(), &code, e.elapsed.as_secs_f64());
         }));
-        let mut ingest =
-            SnowpipeIngest::new(client, channel.to_owned(), encoding, Arc::clone(health));
+        let mut ingest = SnowpipeIngest::new(client, channel.to_owned(), Arc::clone(health));
         let observer = Observer::new(Arc::clone(health));
         let mut drainer = Drainer::new(DrainConfig::new(gateway_id));
         let t0 = Instant::now();
         let stopped = loop {
-            if stop.load(Ordering::Relaxed) {
+            if stop.is_stopped() {
                 break None;
             }
             heartbeat.beat();

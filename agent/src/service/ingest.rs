@@ -1,20 +1,18 @@
-//! Adapts the Snowpipe client to the drain's [`Ingest`] trait: one Named channel, its
-//! continuation token, and the three outcomes the drain distinguishes.
+//! Adapts the Snowpipe client to the drain's [`Ingest`] trait: one Named channel and the three
+//! outcomes the drain distinguishes. The client holds the continuation token and cuts rows into
+//! requests (`snowpipe::batch`); this adapter only translates.
 
 use std::sync::Arc;
 
 use crate::drain::{Ingest, IngestError};
 use crate::health::Health;
-use crate::snowpipe::batch::compress;
-use crate::snowpipe::{Batch, ContentEncoding, SnowpipeClient, SnowpipeError};
+use crate::snowpipe::{SnowpipeClient, SnowpipeError};
 
 /// The gateway's channel, as the drain sees it.
 #[derive(Debug)]
 pub struct SnowpipeIngest {
     client: SnowpipeClient,
     channel: String,
-    encoding: ContentEncoding,
-    token: Option<String>,
     health: Arc<Health>,
     /// `rows_error_count` is cumulative on the server; we export its increase.
     rows_error_count: Option<u64>,
@@ -22,17 +20,10 @@ pub struct SnowpipeIngest {
 
 impl SnowpipeIngest {
     /// Wraps a client for `channel`.
-    pub fn new(
-        client: SnowpipeClient,
-        channel: String,
-        encoding: ContentEncoding,
-        health: Arc<Health>,
-    ) -> Self {
+    pub fn new(client: SnowpipeClient, channel: String, health: Arc<Health>) -> Self {
         Self {
             client,
             channel,
-            encoding,
-            token: None,
             health,
             rows_error_count: None,
         }
@@ -82,45 +73,29 @@ fn committed_of(status: &crate::snowpipe::ChannelStatus) -> Result<Option<u64>, 
 
 impl Ingest for SnowpipeIngest {
     fn open(&mut self) -> Result<Option<u64>, IngestError> {
-        self.token = None;
         let open = self
             .client
             .open_channel(&self.channel)
             .map_err(|e| classify(&e))?;
         self.observe_row_errors(&open.status);
-        let committed = committed_of(&open.status)?;
-        self.token = Some(open.continuation_token);
-        Ok(committed)
+        committed_of(&open.status)
     }
 
-    fn append(&mut self, start: u64, end: u64, ndjson: &[u8]) -> Result<(), IngestError> {
-        let Some(token) = self.token.clone() else {
+    fn append(&mut self, rows: &[(u64, &[u8])]) -> Result<u64, IngestError> {
+        let Some(token) = self
+            .client
+            .continuation_token(&self.channel)
+            .map(str::to_owned)
+        else {
             return Err(IngestError::ChannelInvalid(
                 "append before the channel was opened".to_owned(),
             ));
         };
-        let body = compress(ndjson, self.encoding).map_err(|e| classify(&e))?;
-        let batch = Batch {
-            start_seq: start,
-            end_seq: end,
-            rows: ndjson.iter().filter(|b| **b == b'\n').count(),
-            body,
-            uncompressed_len: ndjson.len(),
-            encoding: self.encoding,
-            min_append_ts_ms: u64::try_from(crate::clock::now_unix_ms()).unwrap_or(0),
-        };
-        match self.client.append(&self.channel, &token, &batch) {
-            Ok(next) => {
-                self.token = Some(next);
-                Ok(())
-            }
-            Err(err) => {
-                if err.is_channel_invalid() {
-                    self.token = None;
-                }
-                Err(classify(&err))
-            }
-        }
+        let batch = self.client.first_batch(rows).map_err(|e| classify(&e))?;
+        self.client
+            .append(&self.channel, &token, &batch)
+            .map_err(|e| classify(&e))?;
+        Ok(batch.end_seq)
     }
 
     fn committed(&mut self) -> Result<Option<u64>, IngestError> {
@@ -178,5 +153,81 @@ mod tests {
             IngestError::Fatal(message) => assert!(message.contains("rsa_key.p8"), "{message}"),
             other => panic!("{other:?}"),
         }
+    }
+
+    /// With `compression = "none"` a full window of long rows is more NDJSON than one request
+    /// may carry: the drain must still deliver everything, in requests within the limit.
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn uncompressed_long_rows_are_sent_in_requests_within_the_limit() {
+        use crate::buffer::{Buffer, BufferOptions};
+        use crate::drain::{DrainConfig, Drainer, NoopObserver, Step};
+        use crate::row::{EventType, SwipeRecord};
+        use crate::snowpipe::testing::Harness;
+        use crate::snowpipe::ContentEncoding;
+
+        let Harness { client, fake, .. } =
+            Harness::with_config(|c| c.compression = ContentEncoding::Identity);
+        *fake.ledger.lock().unwrap() = Some(None);
+        let dir = tempfile::tempdir().unwrap();
+        let buffer = Buffer::open(BufferOptions::new(dir.path().join("b"))).unwrap();
+        // ~1.4 kB rows: 6 MB of NDJSON, and each 4 MiB read window is over 4,000,000 bytes.
+        let swipes: Vec<SwipeRecord> = (0..4_500u64)
+            .map(|n| SwipeRecord {
+                event_type: EventType::ReaderFault,
+                reader_id: "r".into(),
+                zone_id: None,
+                door_id: None,
+                direction: None,
+                credential: None,
+                format: None,
+                facility_code: None,
+                card_number: Some(n),
+                raw_bits: None,
+                bit_count: None,
+                detail: Some("x".repeat(1_200)),
+                swiped_at_ms: 1_800_000_000_000,
+                clock_synced: true,
+                agent_version: "test".into(),
+            })
+            .collect();
+        let seqs = buffer.append_durable(&swipes).unwrap();
+        let last = seqs.end - 1;
+        let health = Health::new("gw-01", "test", "test");
+        let mut ingest = SnowpipeIngest::new(client, "gw-01".into(), health);
+        let mut drainer = Drainer::new(DrainConfig::new("gw-01"));
+        let mut now = Duration::ZERO;
+        for _ in 0..1_000 {
+            if *fake.ledger.lock().unwrap() == Some(Some(last)) {
+                break;
+            }
+            match drainer.step(&buffer, &mut ingest, now, &NoopObserver) {
+                Ok(Step::Progress) => {}
+                Ok(Step::Sleep(d)) => now += d,
+                Err(e) => panic!("the drain stopped: {e}"),
+            }
+        }
+        let ops: Vec<String> = fake
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| format!("{:?}{}", r.op, r.body.as_ref().map_or(0, Vec::len)))
+            .collect();
+        assert_eq!(
+            *fake.ledger.lock().unwrap(),
+            Some(Some(last)),
+            "not all delivered: {ops:?}"
+        );
+        let appends: Vec<usize> = fake
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.op == Op::Append)
+            .map(|r| r.body.as_ref().map_or(0, Vec::len))
+            .collect();
+        assert!(appends.len() >= 2, "{appends:?}");
+        assert!(appends.iter().all(|&n| n <= 4_000_000), "{appends:?}");
     }
 }

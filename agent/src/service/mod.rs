@@ -12,7 +12,6 @@ pub mod heartbeat;
 pub mod ingest;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,6 +30,12 @@ pub const BUILD_COMMIT: &str = match option_env!("BADGE_AGENT_COMMIT") {
     Some(commit) => commit,
     None => "unknown",
 };
+
+/// Time readers and the group committer get to finish at shutdown (systemd's stop timeout is
+/// 30 s; the goal is an exit within 5 s in every state).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// Extra time the drain thread gets after that (its waits end at once on stop).
+const DRAIN_GRACE: Duration = Duration::from_secs(1);
 
 /// Why the agent could not run.
 #[derive(Debug, thiserror::Error)]
@@ -175,14 +180,14 @@ pub async fn run(
     });
 
     // 5. The drain, if there is somewhere to drain to.
-    let drain_stop = Arc::new(AtomicBool::new(false));
+    let drain_stop = crate::snowpipe::StopSignal::new();
     let drain = match &config.snowflake {
         Some(sf) => Some(drain_thread::spawn(
             Arc::clone(&buffer),
             sf.clone(),
             config.gateway_id.clone(),
             Arc::clone(&health),
-            Arc::clone(&drain_stop),
+            drain_stop.clone(),
         )),
         None => {
             tracing::warn!("no [snowflake] section: swipes are buffered but not sent");
@@ -199,20 +204,41 @@ pub async fn run(
 
     shutdown.await;
 
-    // Orderly stop: readers first, then everything they submitted is committed, then the drain.
+    // Orderly stop, bounded so that systemd never has to SIGKILL us: the drain is told at once
+    // (it may abandon a request: it resumes from the committed offset token next time); readers
+    // stop, then everything they submitted is committed. Whatever is still waiting when the
+    // time is up was never acknowledged, so giving up on it loses no acknowledged swipe.
     tracing::info!("shutting down");
     watchdog::notify_stopping();
     health.set_ready(false);
+    drain_stop.stop();
     let _ = stop_tx.send(true);
-    for task in reader_tasks {
-        let _ = task.await;
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+    for mut task in reader_tasks {
+        if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+            tracing::warn!("a reader did not stop in time; abandoning it");
+            task.abort();
+        }
     }
     drop(committer);
     stats_task.abort();
-    let _ = committer_task.await;
-    drain_stop.store(true, Ordering::Relaxed);
+    if tokio::time::timeout_at(deadline, committer_task)
+        .await
+        .is_err()
+    {
+        tracing::warn!("swipes still waiting for their group commit at shutdown were not acknowledged; abandoning them");
+    }
     if let Some(drain) = drain {
-        let _ = tokio::task::spawn_blocking(move || drain.join()).await;
+        // Polled rather than joined on a blocking task: the runtime's drop would wait for that.
+        let until = deadline + DRAIN_GRACE;
+        while !drain.is_finished() && tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if drain.is_finished() {
+            let _ = drain.join();
+        } else {
+            tracing::warn!("the drain did not stop in time; abandoning it (it resumes from the committed offset token)");
+        }
     }
     if let Some(task) = watchdog_task {
         task.abort();

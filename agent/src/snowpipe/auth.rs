@@ -16,6 +16,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::error::SnowpipeError;
+pub use super::redact::Secret;
 
 /// Key-pair JWT lifetime: Snowflake accepts at most one hour; its own sample uses 59 minutes.
 pub const JWT_LIFETIME_SECS: u64 = 59 * 60;
@@ -24,27 +25,6 @@ pub const JWT_RENEW_AFTER_SECS: u64 = 54 * 60;
 /// A scoped token is refreshed this long before its `exp` (or at half its remaining life, if that
 /// is sooner, so that short-lived tokens are not refreshed on every call).
 pub const SCOPED_REFRESH_MARGIN_SECS: u64 = 5 * 60;
-
-/// A string that must never reach a log: `Debug` prints `[redacted]`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret.
-    pub fn new(s: impl Into<String>) -> Self {
-        Secret(s.into())
-    }
-    /// The secret itself, for the one place that must send it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
 
 /// Snowflake's `RSA_PUBLIC_KEY_FP` of a public key, without the `SHA256:` prefix:
 /// standard base64 (with padding) of SHA-256 over the DER `SubjectPublicKeyInfo`.
@@ -114,7 +94,7 @@ impl KeyPair {
     /// Signs `claims` as an RS256 JWT (header `{"typ":"JWT","alg":"RS256"}`, no `kid`).
     pub fn sign(&self, claims: &JwtClaims) -> Result<Secret, String> {
         jsonwebtoken::encode(&Header::new(Algorithm::RS256), claims, &self.encoding)
-            .map(Secret)
+            .map(Secret::new)
             .map_err(|e| format!("cannot sign the key-pair JWT: {e}"))
     }
 }
@@ -383,7 +363,7 @@ pub fn parse_scoped_token(body: &[u8], now_secs: u64) -> Result<ScopedToken, Str
     }
     let margin = SCOPED_REFRESH_MARGIN_SECS.min((exp - now_secs) / 2);
     Ok(ScopedToken {
-        token: Secret(token),
+        token: Secret::new(token),
         exp,
         refresh_at: exp - margin,
     })

@@ -1,37 +1,47 @@
-//! NDJSON batching: rows (already-serialised JSON lines with their sequence numbers) become append
-//! payloads that stay under the 4 MB per-request limit *as sent*, i.e. after compression
-//! (reference §9). Pure apart from the compressors.
+//! The one owner of "rows → append requests within the limits": rows (already-serialised JSON
+//! lines with their sequence numbers) become request bodies that stay under Snowflake's 4 MB
+//! per-request limit *as sent*, i.e. after compression. Pure apart from the compressors. The
+//! drain, the client's [`SnowpipeClient::batches`](super::SnowpipeClient::batches) and the
+//! benchmarks all cut requests here; nothing else knows the limit.
 //!
-//! Strategy: fill a batch up to a conservative uncompressed budget (4 MiB by default, which zstd
-//! and gzip shrink well below 4 MB for JSON), compress it, and if the compressed body is still over
-//! the wire limit (incompressible data, or no compression), split the rows in half and retry.
+//! Strategy: fill a request up to an uncompressed budget derived from the encoding (see
+//! [`BatchLimits::for_encoding`]), compress it, and if the body is still over the wire limit
+//! (incompressible data), halve the rows until it fits. The rest goes into the next request.
 
 use std::io::Write;
 
 use super::error::SnowpipeError;
 use super::protocol::ContentEncoding;
 
-/// Snowflake's per-request limit as received, in bytes (4 MB, decimal: the conservative reading).
-pub const MAX_WIRE_BYTES: usize = 4_000_000;
-/// Uncompressed budget per batch before compression (the official client's 4 MiB batch capacity).
-pub const MAX_UNCOMPRESSED_BYTES: usize = 4 * 1024 * 1024;
+/// Snowflake's per-request limit on the body as received, in bytes (4 MB, read as decimal: the
+/// conservative reading; the service and the official client accept 4 MiB).
+pub const MAX_REQUEST_BYTES: usize = 4_000_000;
+/// Uncompressed budget of a compressed request: the official client's 4 MiB batch capacity,
+/// which zstd and gzip shrink well below [`MAX_REQUEST_BYTES`] for JSON rows.
+pub const COMPRESSED_BATCH_BUDGET: usize = 4 * 1024 * 1024;
 
-/// Size limits of a batch.
+/// Size limits of one append request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchLimits {
-    /// Upper bound of the NDJSON (uncompressed) size of one batch.
+    /// Upper bound of the NDJSON (uncompressed) size of one request.
     pub max_uncompressed_bytes: usize,
     /// Upper bound of the body as sent (after compression).
     pub max_wire_bytes: usize,
-    /// Upper bound of rows per batch.
+    /// Upper bound of rows per request.
     pub max_rows: usize,
 }
 
-impl Default for BatchLimits {
-    fn default() -> Self {
+impl BatchLimits {
+    /// The production limits for `encoding`: without compression the NDJSON *is* the body, so
+    /// its budget is the request limit itself; compressed bodies get the 4 MiB budget and the
+    /// post-compression check.
+    pub fn for_encoding(encoding: ContentEncoding) -> Self {
         BatchLimits {
-            max_uncompressed_bytes: MAX_UNCOMPRESSED_BYTES,
-            max_wire_bytes: MAX_WIRE_BYTES,
+            max_uncompressed_bytes: match encoding {
+                ContentEncoding::Identity => MAX_REQUEST_BYTES,
+                ContentEncoding::Zstd | ContentEncoding::Gzip => COMPRESSED_BATCH_BUDGET,
+            },
+            max_wire_bytes: MAX_REQUEST_BYTES,
             max_rows: 100_000,
         }
     }
@@ -82,7 +92,7 @@ impl Batch {
 }
 
 /// Compresses an NDJSON body.
-pub fn compress(ndjson: &[u8], encoding: ContentEncoding) -> Result<Vec<u8>, SnowpipeError> {
+fn compress(ndjson: &[u8], encoding: ContentEncoding) -> Result<Vec<u8>, SnowpipeError> {
     let err = |e: std::io::Error| SnowpipeError::Batch {
         message: format!("compression failed: {e}"),
     };
@@ -105,27 +115,25 @@ fn line_of(line: &[u8]) -> &[u8] {
     line.strip_suffix(b"\r").unwrap_or(line)
 }
 
-/// Splits `rows` — `(seq, JSON line)` in strictly increasing `seq` order — into batches in order,
-/// each under `limits` after compression with `encoding`. Every row lands in exactly one batch.
+/// The first request of `rows` — `(seq, JSON line)` in strictly increasing `seq` order, at least
+/// one: as many leading rows as fit `limits` after compression with `encoding`. The caller sends
+/// it and continues with `rows[batch.rows..]`.
 ///
 /// A trailing `\n` (or `\r\n`) on a line is accepted and normalised; an embedded line break, an
 /// empty line, out-of-order sequence numbers, or a single row that cannot fit on its own is an
 /// error (the caller must not silently drop a swipe).
-pub fn split_into_batches<'a, I>(
-    rows: I,
+pub fn first_batch(
+    rows: &[(u64, &[u8])],
     encoding: ContentEncoding,
     limits: BatchLimits,
     append_ts_ms: u64,
-) -> Result<Vec<Batch>, SnowpipeError>
-where
-    I: IntoIterator<Item = (u64, &'a [u8])>,
-{
+) -> Result<Batch, SnowpipeError> {
     let bad = |message: String| SnowpipeError::Batch { message };
-    let mut batches = Vec::new();
-    let mut group: Vec<(u64, &[u8])> = Vec::new();
-    let mut group_len = 0usize;
+    // Greedy fill up to the uncompressed budget, checking each row taken.
+    let mut take = 0usize;
+    let mut len = 0usize;
     let mut last_seq: Option<u64> = None;
-    for (seq, raw) in rows {
+    for &(seq, raw) in rows.iter().take(limits.max_rows.max(1)) {
         let line = line_of(raw);
         if line.is_empty() {
             return Err(bad(format!("row {seq} is empty")));
@@ -135,78 +143,86 @@ where
                 "row {seq} contains a raw line break; NDJSON needs one JSON text per line"
             )));
         }
-        if last_seq.is_some_and(|l| seq <= l) {
-            return Err(bad(format!(
-                "rows out of order: {seq} after {}",
-                last_seq.unwrap_or_default()
-            )));
+        if let Some(last) = last_seq.filter(|&l| seq <= l) {
+            return Err(bad(format!("rows out of order: {seq} after {last}")));
+        }
+        let row_len = line.len() + 1;
+        if len + row_len > limits.max_uncompressed_bytes {
+            if take == 0 {
+                return Err(bad(format!(
+                    "row {seq} is {row_len} bytes, over the {}-byte request budget",
+                    limits.max_uncompressed_bytes
+                )));
+            }
+            break;
         }
         last_seq = Some(seq);
-        let len = line.len() + 1;
-        if len > limits.max_uncompressed_bytes {
+        len += row_len;
+        take += 1;
+    }
+    if take == 0 {
+        return Err(bad("no rows to send".into()));
+    }
+    // Compress; halve until the body fits the wire limit.
+    let mut ndjson = Vec::with_capacity(len);
+    loop {
+        let part = &rows[..take];
+        ndjson.clear();
+        for (_, raw) in part {
+            ndjson.extend_from_slice(line_of(raw));
+            ndjson.push(b'\n');
+        }
+        let body = compress(&ndjson, encoding)?;
+        if body.len() <= limits.max_wire_bytes {
+            return Ok(Batch {
+                start_seq: part[0].0,
+                end_seq: part[take - 1].0,
+                rows: take,
+                body,
+                uncompressed_len: ndjson.len(),
+                encoding,
+                min_append_ts_ms: append_ts_ms,
+            });
+        }
+        if take == 1 {
             return Err(bad(format!(
-                "row {seq} is {len} bytes, over the {}-byte batch budget",
-                limits.max_uncompressed_bytes
+                "row {} is {} bytes on the wire, over the {}-byte request limit",
+                part[0].0,
+                body.len(),
+                limits.max_wire_bytes
             )));
         }
-        if !group.is_empty()
-            && (group_len + len > limits.max_uncompressed_bytes || group.len() >= limits.max_rows)
-        {
-            emit(&group, encoding, limits, append_ts_ms, &mut batches)?;
-            group.clear();
-            group_len = 0;
-        }
-        group.push((seq, line));
-        group_len += len;
+        take /= 2;
     }
-    if !group.is_empty() {
-        emit(&group, encoding, limits, append_ts_ms, &mut batches)?;
-    }
-    Ok(batches)
 }
 
-/// Compresses `rows` as one batch, halving until each part fits the wire limit.
-fn emit(
-    rows: &[(u64, &[u8])],
+/// Splits all of `rows` into requests, in order, with [`first_batch`]: every row lands in
+/// exactly one request.
+pub fn split_into_batches<'a, I>(
+    rows: I,
     encoding: ContentEncoding,
     limits: BatchLimits,
     append_ts_ms: u64,
-    out: &mut Vec<Batch>,
-) -> Result<(), SnowpipeError> {
-    let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
-        return Ok(());
-    };
-    let mut ndjson = Vec::with_capacity(rows.iter().map(|(_, l)| l.len() + 1).sum());
-    for (_, line) in rows {
-        ndjson.extend_from_slice(line);
-        ndjson.push(b'\n');
+) -> Result<Vec<Batch>, SnowpipeError>
+where
+    I: IntoIterator<Item = (u64, &'a [u8])>,
+{
+    let rows: Vec<(u64, &[u8])> = rows.into_iter().collect();
+    let mut rest = rows.as_slice();
+    let mut batches = Vec::new();
+    while let Some(&(first, _)) = rest.first() {
+        if let Some(prev) = batches.last().map(|b: &Batch| b.end_seq) {
+            if first <= prev {
+                return Err(SnowpipeError::Batch {
+                    message: format!("rows out of order: {first} after {prev}"),
+                });
+            }
+        }
+        let batch = first_batch(rest, encoding, limits, append_ts_ms)?;
+        rest = &rest[batch.rows..];
+        batches.push(batch);
     }
-    let body = compress(&ndjson, encoding)?;
-    if body.len() <= limits.max_wire_bytes {
-        out.push(Batch {
-            start_seq: first.0,
-            end_seq: last.0,
-            rows: rows.len(),
-            body,
-            uncompressed_len: ndjson.len(),
-            encoding,
-            min_append_ts_ms: append_ts_ms,
-        });
-        return Ok(());
-    }
-    if rows.len() == 1 {
-        return Err(SnowpipeError::Batch {
-            message: format!(
-                "row {} is {} bytes on the wire, over the {}-byte request limit",
-                first.0,
-                body.len(),
-                limits.max_wire_bytes
-            ),
-        });
-    }
-    let (a, b) = rows.split_at(rows.len() / 2);
-    emit(a, encoding, limits, append_ts_ms, out)?;
-    emit(b, encoding, limits, append_ts_ms, out)
+    Ok(batches)
 }
 
 #[cfg(test)]
@@ -313,7 +329,7 @@ mod tests {
         let rows: Vec<(u64, Vec<u8>)> = (10..35).map(|s| (s, row(s, 5))).collect();
         let limits = BatchLimits {
             max_rows: 10,
-            ..BatchLimits::default()
+            ..BatchLimits::for_encoding(ContentEncoding::Zstd)
         };
         let b = split_into_batches(refs(&rows), ContentEncoding::Zstd, limits, 0).unwrap();
         assert_eq!(
@@ -324,7 +340,7 @@ mod tests {
         let b = split_into_batches(
             refs(&rows),
             ContentEncoding::Zstd,
-            BatchLimits::default(),
+            BatchLimits::for_encoding(ContentEncoding::Zstd),
             0,
         )
         .unwrap();
@@ -362,7 +378,7 @@ mod tests {
     fn real_limits_four_megabytes() {
         // ~9.6 MB of noisy JSON with zstd at the production limits.
         let rows: Vec<(u64, Vec<u8>)> = (1..=2_400).map(|s| (s, noisy_row(s, 4000))).collect();
-        let limits = BatchLimits::default();
+        let limits = BatchLimits::for_encoding(ContentEncoding::Zstd);
         let b = split_into_batches(refs(&rows), ContentEncoding::Zstd, limits, 0).unwrap();
         assert!(b.len() >= 3);
         check(&rows, &b, limits);
@@ -406,10 +422,56 @@ mod tests {
         let b = split_into_batches(
             refs(&rows),
             ContentEncoding::Identity,
-            BatchLimits::default(),
+            BatchLimits::for_encoding(ContentEncoding::Zstd),
             0,
         )
         .unwrap();
         assert_eq!(b[0].body, b"{\"a\":1}\n{\"a\":2}\n");
+    }
+
+    #[test]
+    fn limits_follow_the_encoding() {
+        for enc in [ContentEncoding::Zstd, ContentEncoding::Gzip] {
+            let l = BatchLimits::for_encoding(enc);
+            assert_eq!(
+                (l.max_uncompressed_bytes, l.max_wire_bytes),
+                (4_194_304, 4_000_000)
+            );
+        }
+        let l = BatchLimits::for_encoding(ContentEncoding::Identity);
+        assert_eq!(
+            (l.max_uncompressed_bytes, l.max_wire_bytes),
+            (4_000_000, 4_000_000)
+        );
+        // 6 MB of uncompressed rows: every request within 4,000,000 bytes as sent, nearly full.
+        let rows: Vec<(u64, Vec<u8>)> = (1..=4_000).map(|s| (s, row(s, 1_450))).collect();
+        let b = split_into_batches(refs(&rows), ContentEncoding::Identity, l, 0).unwrap();
+        check(&rows, &b, l);
+        assert_eq!(b.len(), 2);
+        assert!(b[0].body.len() > 3_990_000, "{:?}", b[0]);
+    }
+
+    #[test]
+    fn first_batch_takes_the_longest_prefix_that_fits() {
+        let rows: Vec<(u64, Vec<u8>)> = (1..=10).map(|s| (s, row(s, 50))).collect();
+        let len = rows[0].1.len() + 1;
+        let refs: Vec<(u64, &[u8])> = refs(&rows).collect();
+        let limits = BatchLimits {
+            max_uncompressed_bytes: 3 * len + 1,
+            max_wire_bytes: 1 << 20,
+            max_rows: 100,
+        };
+        let b = first_batch(&refs, ContentEncoding::Identity, limits, 0).unwrap();
+        assert_eq!((b.start_seq, b.end_seq, b.rows), (1, 3, 3));
+        let b = first_batch(&refs[3..], ContentEncoding::Identity, limits, 0).unwrap();
+        assert_eq!((b.start_seq, b.end_seq), (4, 6));
+        // The wire limit halves the prefix: 3 rows do not fit, 1 does.
+        let tight = BatchLimits {
+            max_wire_bytes: 2 * len - 1,
+            ..limits
+        };
+        let b = first_batch(&refs, ContentEncoding::Identity, tight, 0).unwrap();
+        assert_eq!((b.start_seq, b.end_seq), (1, 1));
+        assert!(first_batch(&[], ContentEncoding::Identity, limits, 0).is_err());
     }
 }

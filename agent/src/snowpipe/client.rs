@@ -12,15 +12,17 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::auth::{load_private_key, parse_scoped_token, JwtCache, KeyPair, ScopedToken, Secret};
-use super::batch::{split_into_batches, Batch, BatchLimits, MAX_WIRE_BYTES};
-use super::error::{sanitize, SnowpipeError};
+use super::auth::{load_private_key, parse_scoped_token, JwtCache, KeyPair, ScopedToken};
+use super::batch::{first_batch, split_into_batches, Batch, BatchLimits, MAX_REQUEST_BYTES};
+use super::error::SnowpipeError;
 use super::protocol::{
     parse_append, parse_bulk_status, parse_hostname, parse_open_channel, AppendParams,
     ChannelStatus, ContentEncoding, HttpRequest, Op, OpenChannel, RequestMeta, Wire,
 };
+use super::redact::{sanitize, Secret};
 use super::retry::{
-    classify, Clock, Disposition, RateLimiter, RetryPolicy, SystemClock, TransportError,
+    classify, CallRetry, Clock, GiveUp, Next, RateLimiter, RetryPolicy, StopSignal, SystemClock,
+    TransportError,
 };
 use super::transport::{
     load_roots, proxy_from, redact_proxy, HttpResponse, HttpTransport, NoProxy, Timeouts,
@@ -62,10 +64,9 @@ pub struct ClientConfig {
     pub timeouts: Timeouts,
     /// Retry limits per call.
     pub retry: RetryPolicy,
-    /// Body encoding of appends (zstd by default, like the official client).
+    /// Body encoding of appends (zstd by default, like the official client); the request
+    /// limits follow from it ([`BatchLimits::for_encoding`]).
     pub compression: ContentEncoding,
-    /// Batch size limits used by [`SnowpipeClient::batches`].
-    pub batch_limits: BatchLimits,
 }
 
 impl std::fmt::Debug for ClientConfig {
@@ -84,7 +85,6 @@ impl std::fmt::Debug for ClientConfig {
             .field("timeouts", &self.timeouts)
             .field("retry", &self.retry)
             .field("compression", &self.compression)
-            .field("batch_limits", &self.batch_limits)
             .finish()
     }
 }
@@ -116,7 +116,6 @@ impl ClientConfig {
             timeouts: Timeouts::default(),
             retry: RetryPolicy::default(),
             compression: ContentEncoding::Zstd,
-            batch_limits: BatchLimits::default(),
         }
     }
 
@@ -136,11 +135,7 @@ impl ClientConfig {
         cfg.proxy = c.proxy.clone();
         cfg.timeouts.overall = Duration::from_secs(c.request_timeout_secs.max(1));
         cfg.timeouts.connect = cfg.timeouts.connect.min(cfg.timeouts.overall);
-        cfg.compression = match c.compression {
-            crate::config::Compression::Zstd => ContentEncoding::Zstd,
-            crate::config::Compression::Gzip => ContentEncoding::Gzip,
-            crate::config::Compression::None => ContentEncoding::Identity,
-        };
+        cfg.compression = c.compression.into();
         cfg
     }
 }
@@ -186,44 +181,6 @@ pub fn parse_account_url(url: &str) -> Result<(String, u16), SnowpipeError> {
     Ok((host, port))
 }
 
-/// HTTP status class of one attempt, for metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum StatusClass {
-    /// 2xx.
-    Success,
-    /// 4xx.
-    ClientError,
-    /// 5xx.
-    ServerError,
-    /// No HTTP answer (timeout, DNS, TLS, connection).
-    Transport,
-    /// 1xx/3xx.
-    Other,
-}
-
-impl StatusClass {
-    /// Metrics label: `2xx`, `4xx`, `5xx`, `transport`, `other`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StatusClass::Success => "2xx",
-            StatusClass::ClientError => "4xx",
-            StatusClass::ServerError => "5xx",
-            StatusClass::Transport => "transport",
-            StatusClass::Other => "other",
-        }
-    }
-
-    fn of(status: Option<u16>) -> Self {
-        match status {
-            None => StatusClass::Transport,
-            Some(200..=299) => StatusClass::Success,
-            Some(400..=499) => StatusClass::ClientError,
-            Some(500..=599) => StatusClass::ServerError,
-            Some(_) => StatusClass::Other,
-        }
-    }
-}
-
 /// One HTTP attempt, as reported to a [`RequestObserver`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RequestEvent {
@@ -231,8 +188,6 @@ pub struct RequestEvent {
     pub op: Op,
     /// HTTP status, `None` for a transport failure.
     pub status: Option<u16>,
-    /// Its class.
-    pub class: StatusClass,
     /// `retryCount` of the attempt.
     pub retry_count: u32,
     /// Time the attempt took.
@@ -275,9 +230,10 @@ pub struct SnowpipeClient {
     scoped: Option<ScopedToken>,
     channels: HashMap<String, ChannelState>,
     limiters: HashMap<String, RateLimiter>,
-    transport: Box<dyn HttpTransport>,
+    transport: Arc<dyn HttpTransport>,
     clock: Arc<dyn Clock>,
     observer: Option<Arc<dyn RequestObserver>>,
+    stop: StopSignal,
 }
 
 impl std::fmt::Debug for SnowpipeClient {
@@ -292,13 +248,16 @@ impl std::fmt::Debug for SnowpipeClient {
     }
 }
 
-/// The `User-Agent` of every request.
+/// The `User-Agent` of every request, in the form Snowflake asks clients to send:
+/// `<product>/<version> (<platform>) <language>/<language version>`, e.g.
+/// `badge-agent/0.1.0 (linux aarch64) Rust/1.88.0`.
 pub fn user_agent() -> String {
     format!(
-        "badge-agent/{} ({} {}) Rust",
+        "badge-agent/{} ({} {}) Rust/{}",
         env!("CARGO_PKG_VERSION"),
         std::env::consts::OS,
-        std::env::consts::ARCH
+        std::env::consts::ARCH,
+        env!("BADGE_AGENT_RUSTC_VERSION"),
     )
 }
 
@@ -352,10 +311,19 @@ impl SnowpipeClient {
             scoped: None,
             channels: HashMap::new(),
             limiters: HashMap::new(),
-            transport,
+            transport: Arc::from(transport),
             clock,
             observer: None,
+            stop: StopSignal::new(),
         })
+    }
+
+    /// Makes every wait of this client (back-off, 409 wait, rate limit) and every request in
+    /// flight end promptly once `stop` is raised: the call then returns
+    /// [`SnowpipeError::Stopped`]. An abandoned request is harmless: the drain resumes from the
+    /// committed offset token.
+    pub fn set_stop(&mut self, stop: StopSignal) {
+        self.stop = stop;
     }
 
     /// Installs the per-request observer (metrics).
@@ -374,17 +342,39 @@ impl SnowpipeClient {
     }
 
     /// Splits rows `(seq, JSON line)` into append batches with this client's compression and
-    /// limits, stamped with the current time.
+    /// its limits, stamped with the current time.
     pub fn batches<'a, I>(&self, rows: I) -> Result<Vec<Batch>, SnowpipeError>
     where
         I: IntoIterator<Item = (u64, &'a [u8])>,
     {
+        let enc = self.cfg.compression;
         split_into_batches(
             rows,
-            self.cfg.compression,
-            self.cfg.batch_limits,
+            enc,
+            BatchLimits::for_encoding(enc),
             self.clock.unix_millis(),
         )
+    }
+
+    /// The first append request of `rows` (at least one row; see [`first_batch`]), with this
+    /// client's compression, stamped with the current time.
+    pub fn first_batch(&self, rows: &[(u64, &[u8])]) -> Result<Batch, SnowpipeError> {
+        let enc = self.cfg.compression;
+        first_batch(
+            rows,
+            enc,
+            BatchLimits::for_encoding(enc),
+            self.clock.unix_millis(),
+        )
+    }
+
+    /// The continuation token the next append on `channel` must carry: the one from its last
+    /// open or append, `None` when the channel is not open or was invalidated.
+    pub fn continuation_token(&self, channel: &str) -> Option<&str> {
+        self.channels
+            .get(channel)
+            .filter(|s| !s.invalid)
+            .map(|s| s.token.as_str())
     }
 
     /// Opens (or reopens) `channel` with `fail_on_uncommitted_rows=true`; on 409 waits and retries
@@ -397,13 +387,10 @@ impl SnowpipeClient {
         if let Some(s) = self.channels.get_mut(channel) {
             s.invalid = true;
         }
-        let retries = self.cfg.retry.open_conflict_retries;
         let resp = self.call(
             Op::OpenChannel,
             Some(channel),
-            |w, base, tok, meta, conflicts| {
-                w.open_channel(base, tok, channel, conflicts <= retries, meta)
-            },
+            |w, base, tok, meta, force| w.open_channel(base, tok, channel, !force, meta),
         )?;
         let open =
             parse_open_channel(&resp.body).map_err(|e| proto(Op::OpenChannel, resp.status, e.0))?;
@@ -439,11 +426,11 @@ impl SnowpipeClient {
             code: code.to_string(),
             message: message.to_string(),
         };
-        if batch.body.len() > MAX_WIRE_BYTES || batch.start_seq > batch.end_seq {
+        if batch.body.len() > MAX_REQUEST_BYTES || batch.start_seq > batch.end_seq {
             // Sending it would only earn a 4xx, i.e. a reopen loop: refuse it here instead.
             return Err(SnowpipeError::Batch {
                 message: format!(
-                    "batch {}..={} is {} bytes on the wire (limit {MAX_WIRE_BYTES}) or has its offsets reversed; split it with `batches()`",
+                    "batch {}..={} is {} bytes on the wire (limit {MAX_REQUEST_BYTES}) or has its offsets reversed; split it with `batches()`",
                     batch.start_seq,
                     batch.end_seq,
                     batch.body.len()
@@ -594,7 +581,7 @@ impl SnowpipeClient {
         Ok((ingest.base, secret))
     }
 
-    fn rate_limit(&mut self, channel: &str) {
+    fn rate_limit(&mut self, channel: &str) -> Result<(), SnowpipeError> {
         let limiter = self.limiters.entry(channel.to_string()).or_insert_with(|| {
             RateLimiter::new(MAX_REQUESTS_PER_SEC_PER_CHANNEL, Duration::from_secs(1))
         });
@@ -603,9 +590,12 @@ impl SnowpipeClient {
             if wait.is_zero() {
                 break;
             }
-            self.clock.sleep(wait);
+            if self.clock.sleep_or_stop(wait, &self.stop) {
+                return Err(SnowpipeError::Stopped);
+            }
         }
         limiter.record(self.clock.now());
+        Ok(())
     }
 
     fn observe(&self, op: Op, status: Option<u16>, retry_count: u32, elapsed: Duration) {
@@ -613,7 +603,6 @@ impl SnowpipeClient {
             o.on_request(&RequestEvent {
                 op,
                 status,
-                class: StatusClass::of(status),
                 retry_count,
                 elapsed,
             });
@@ -621,7 +610,8 @@ impl SnowpipeClient {
     }
 
     /// Sends one logical call with retries. `build` gets the wire, the base URL, the bearer
-    /// token, the request meta and the number of 409 conflicts seen so far.
+    /// token, the request meta and whether the open must be forced (409 retries used up). The
+    /// decisions are [`CallRetry`]'s; this shell does the I/O, the logging and the error text.
     fn call<F>(
         &mut self,
         op: Op,
@@ -629,142 +619,140 @@ impl SnowpipeClient {
         mut build: F,
     ) -> Result<HttpResponse, SnowpipeError>
     where
-        F: FnMut(&Wire, &str, &Secret, RequestMeta, u32) -> HttpRequest,
+        F: FnMut(&Wire, &str, &Secret, RequestMeta, bool) -> HttpRequest,
     {
-        let policy = self.cfg.retry.clone();
-        let started = self.clock.now();
+        let mut retry = CallRetry::new(self.cfg.retry.clone(), self.clock.now());
         let mut meta = RequestMeta::new();
-        let (mut attempts, mut backoffs, mut auth_refreshes, mut misclassified, mut conflicts) =
-            (0u32, 0u32, 0u32, 0u32, 0u32);
         loop {
+            if self.stop.is_stopped() {
+                return Err(SnowpipeError::Stopped);
+            }
             let (base, token) = if op.is_control() {
                 (self.wire.control_base.clone(), self.current_jwt()?)
             } else {
                 self.ingest_auth()?
             };
             if let Some(ch) = channel {
-                self.rate_limit(ch);
+                self.rate_limit(ch)?;
             }
-            let req = build(&self.wire, &base, &token, meta, conflicts);
+            let req = build(&self.wire, &base, &token, meta, retry.force_open());
             let host = req.host().to_string();
-            attempts += 1;
             let t0 = self.clock.now();
-            let outcome = self.transport.execute(&req);
-            let elapsed = self.clock.now().saturating_duration_since(t0);
+            let outcome = execute_unless_stopped(&self.transport, req, &self.stop)
+                .ok_or(SnowpipeError::Stopped)?;
+            let now = self.clock.now();
+            let status = outcome.as_ref().map_or(0, |r| r.status);
             self.observe(
                 op,
                 outcome.as_ref().ok().map(|r| r.status),
                 meta.retry_count,
-                elapsed,
+                now.saturating_duration_since(t0),
             );
             let view = outcome
                 .as_ref()
                 .map(|r| (r.status, r.body.as_slice()))
                 .map_err(Clone::clone);
             let disposition = classify(op, &view);
-            let (status, body) = match &outcome {
-                Ok(r) => (r.status, r.body.as_slice()),
-                Err(_) => (0, &[][..]),
-            };
-            let delay = match disposition {
-                Disposition::Success => {
-                    return outcome.map_err(|e| proto(op, 0, e.to_string()));
-                }
-                Disposition::RefreshAuth => {
-                    auth_refreshes += 1;
-                    if auth_refreshes > policy.max_auth_refreshes {
-                        return Err(self.auth_error(op, status, body));
-                    }
-                    tracing::info!(%op, "401: refreshing the token and resending");
-                    if op.is_control() {
-                        self.jwt.invalidate();
-                    } else {
-                        self.scoped = None;
-                    }
-                    Duration::ZERO
-                }
-                Disposition::Conflict => {
-                    conflicts += 1;
-                    if conflicts > policy.open_conflict_retries + 1 {
-                        return Err(self.rejected(op, status, body));
-                    }
-                    if conflicts > policy.open_conflict_retries {
-                        tracing::warn!(channel = channel.unwrap_or(""), "channel still has uncommitted data; forcing the reopen (fail_on_uncommitted_rows=false)");
-                        Duration::ZERO
-                    } else {
-                        policy.backoff.delay(conflicts - 1, rand::random::<f64>())
-                    }
-                }
-                Disposition::Backoff {
-                    reason,
-                    misclassified_404,
+            let body = outcome.as_ref().map_or(&[][..], |r| r.body.as_slice());
+            match retry.next(disposition, now, rand::random::<f64>()) {
+                Next::Done => return outcome.map_err(|e| proto(op, 0, e.to_string())),
+                Next::Resend {
+                    delay,
+                    refresh_auth,
                 } => {
-                    if misclassified_404 {
-                        misclassified += 1;
-                        if misclassified > policy.misclassified_404_retries {
-                            return Err(match (op, channel) {
-                                (Op::Append, Some(ch)) => SnowpipeError::ChannelInvalid {
-                                    channel: ch.to_string(),
-                                    status: 404,
-                                    code: "HTTP_404".into(),
-                                    message: "repeated 404 without a Snowflake error body".into(),
-                                },
-                                _ => self.rejected(op, status, body),
-                            });
-                        }
-                    }
-                    if let Ok(r) = &outcome {
-                        tracing::debug!(%op, status = r.status, "retryable answer");
-                    }
-                    let dns_failure = matches!(outcome, Err(TransportError::Dns(_)));
-                    let delay = policy.backoff.delay(backoffs, rand::random::<f64>());
-                    backoffs += 1;
-                    let spent = self.clock.now().saturating_duration_since(started);
-                    if attempts >= policy.max_attempts || spent + delay > policy.max_elapsed {
-                        if dns_failure && !op.is_control() {
-                            // The ingest host may have moved: rediscover it on the next call.
-                            self.ingest = None;
-                        }
-                        let hint = if dns_failure {
-                            format!("; host {host} not found: check the account URL, DNS and network connectivity")
+                    if refresh_auth {
+                        tracing::info!(%op, "401: refreshing the token and resending");
+                        if op.is_control() {
+                            self.jwt.invalidate();
                         } else {
-                            String::new()
+                            self.scoped = None;
+                        }
+                    } else if retry.force_open() && op == Op::OpenChannel && delay.is_zero() {
+                        tracing::warn!(channel = channel.unwrap_or(""), "channel still has uncommitted data; forcing the reopen (fail_on_uncommitted_rows=false)");
+                    } else {
+                        let reason = match &outcome {
+                            Ok(r) => format!("HTTP {}", r.status),
+                            Err(e) => e.to_string(),
                         };
-                        return Err(SnowpipeError::Unavailable {
-                            op,
-                            attempts,
-                            elapsed: spent,
-                            last: reason,
-                            hint,
-                        });
+                        tracing::warn!(%op, attempt = retry.attempts(), reason = %reason, delay_ms = delay.as_millis() as u64, "retrying");
                     }
-                    tracing::warn!(%op, attempt = attempts, reason = %reason, delay_ms = delay.as_millis() as u64, "retrying");
-                    delay
+                    if !delay.is_zero() && self.clock.sleep_or_stop(delay, &self.stop) {
+                        return Err(SnowpipeError::Stopped);
+                    }
                 }
-                Disposition::ChannelInvalid(e) => {
-                    return Err(SnowpipeError::ChannelInvalid {
-                        channel: channel.unwrap_or_default().to_string(),
-                        status,
-                        code: e.code,
-                        message: e.message,
-                    });
+                Next::GiveUp(why) => {
+                    let dns = matches!(outcome, Err(TransportError::Dns(_)));
+                    return Err(self.give_up(op, channel, &host, status, body, dns, why));
                 }
-                Disposition::Fatal { .. } => {
-                    return Err(match (op, status) {
-                        (Op::Hostname, 404) => SnowpipeError::WrongAccount {
-                            message: format!("{host} answered 404 to GET /v2/streaming/hostname"),
-                        },
-                        (Op::Hostname | Op::Token, 400..=499) => self.auth_error(op, status, body),
-                        _ => self.rejected(op, status, body),
-                    });
-                }
-                Disposition::Tls(detail) => return Err(SnowpipeError::Tls { host, detail }),
-                Disposition::Config(message) => return Err(SnowpipeError::Config { message }),
-            };
-            if !delay.is_zero() {
-                self.clock.sleep(delay);
             }
             meta = meta.retry();
+        }
+    }
+
+    /// The operator-facing error for a call that gave up.
+    #[allow(clippy::too_many_arguments)]
+    fn give_up(
+        &mut self,
+        op: Op,
+        channel: Option<&str>,
+        host: &str,
+        status: u16,
+        body: &[u8],
+        dns_failure: bool,
+        why: GiveUp,
+    ) -> SnowpipeError {
+        match why {
+            GiveUp::Unavailable {
+                attempts,
+                elapsed,
+                last,
+            } => {
+                if dns_failure && !op.is_control() {
+                    // The ingest host may have moved: rediscover it on the next call.
+                    self.ingest = None;
+                }
+                let hint = if dns_failure {
+                    format!("; host {host} not found: check the account URL, DNS and network connectivity")
+                } else {
+                    String::new()
+                };
+                SnowpipeError::Unavailable {
+                    op,
+                    attempts,
+                    elapsed,
+                    last,
+                    hint,
+                }
+            }
+            GiveUp::Auth => self.auth_error(op, status, body),
+            GiveUp::Conflict => self.rejected(op, status, body),
+            GiveUp::Misclassified404 => match (op, channel) {
+                (Op::Append, Some(ch)) => SnowpipeError::ChannelInvalid {
+                    channel: ch.to_string(),
+                    status: 404,
+                    code: "HTTP_404".into(),
+                    message: "repeated 404 without a Snowflake error body".into(),
+                },
+                _ => self.rejected(op, status, body),
+            },
+            GiveUp::ChannelInvalid(e) => SnowpipeError::ChannelInvalid {
+                channel: channel.unwrap_or_default().to_string(),
+                status,
+                code: e.code,
+                message: e.message,
+            },
+            GiveUp::Fatal { .. } => match (op, status) {
+                (Op::Hostname, 404) => SnowpipeError::WrongAccount {
+                    message: format!("{host} answered 404 to GET /v2/streaming/hostname"),
+                },
+                (Op::Hostname | Op::Token, 400..=499) => self.auth_error(op, status, body),
+                _ => self.rejected(op, status, body),
+            },
+            GiveUp::Tls(detail) => SnowpipeError::Tls {
+                host: host.to_string(),
+                detail,
+            },
+            GiveUp::Config(message) => SnowpipeError::Config { message },
         }
     }
 
@@ -827,6 +815,42 @@ impl SnowpipeClient {
     }
 }
 
+/// Sends `req` on a helper thread and waits for the answer or for `stop`, whichever comes first
+/// (`None`: stopped). A blocking request (slow connect, slow answer) cannot hold up a stop; the
+/// abandoned thread ends by itself within the transport's timeouts.
+fn execute_unless_stopped(
+    transport: &Arc<dyn HttpTransport>,
+    req: HttpRequest,
+    stop: &StopSignal,
+) -> Option<Result<HttpResponse, TransportError>> {
+    use std::sync::mpsc::RecvTimeoutError;
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let worker = Arc::clone(transport);
+    let spawned = std::thread::Builder::new()
+        .name("snowpipe-http".into())
+        .spawn(move || {
+            let _ = tx.send(worker.execute(&req));
+        });
+    if let Err(err) = spawned {
+        // Out of threads: a transport failure, retried with back-off like any other.
+        return Some(Err(TransportError::Connect(format!(
+            "cannot start a request thread: {err}"
+        ))));
+    }
+    loop {
+        match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(outcome) => return Some(outcome),
+            Err(RecvTimeoutError::Disconnected) => {
+                return Some(Err(TransportError::Connect(
+                    "the request thread ended without an answer".into(),
+                )))
+            }
+            Err(RecvTimeoutError::Timeout) if stop.is_stopped() => return None,
+            Err(RecvTimeoutError::Timeout) => {}
+        }
+    }
+}
+
 fn check_channel(channel: &str) -> Result<(), SnowpipeError> {
     if channel.is_empty() || channel.len() > 512 {
         return Err(SnowpipeError::Config {
@@ -848,231 +872,9 @@ fn proto(op: Op, status: u16, message: String) -> SnowpipeError {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
-    use crate::snowpipe::auth::tests::test_key;
     use crate::snowpipe::protocol::Method;
-    use base64::Engine as _;
-    use std::collections::VecDeque;
+    use crate::snowpipe::testing::*;
     use std::sync::Mutex;
-    use std::time::Instant;
-
-    /// A clock that only moves when slept on (or advanced).
-    struct FakeClock {
-        state: Mutex<(Instant, u64)>,
-        sleeps: Mutex<Vec<Duration>>,
-    }
-
-    impl FakeClock {
-        fn new() -> Arc<Self> {
-            Arc::new(FakeClock {
-                state: Mutex::new((Instant::now(), 1_800_000_000_000)),
-                sleeps: Mutex::new(Vec::new()),
-            })
-        }
-        fn advance(&self, d: Duration) {
-            let mut s = self.state.lock().unwrap();
-            s.0 += d;
-            s.1 += d.as_millis() as u64;
-        }
-        fn sleeps(&self) -> Vec<Duration> {
-            self.sleeps.lock().unwrap().clone()
-        }
-    }
-
-    impl Clock for FakeClock {
-        fn now(&self) -> Instant {
-            self.state.lock().unwrap().0
-        }
-        fn unix_secs(&self) -> u64 {
-            self.state.lock().unwrap().1 / 1000
-        }
-        fn unix_millis(&self) -> u64 {
-            self.state.lock().unwrap().1
-        }
-        fn sleep(&self, d: Duration) {
-            self.sleeps.lock().unwrap().push(d);
-            self.advance(d);
-        }
-    }
-
-    type Reply = Result<HttpResponse, TransportError>;
-
-    /// Scripted server: per-op queues of replies; defaults answer success.
-    struct Fake {
-        clock: Arc<FakeClock>,
-        script: Mutex<HashMap<Op, VecDeque<Reply>>>,
-        log: Mutex<Vec<HttpRequest>>,
-        token_lifetime: Mutex<u64>,
-        tokens_issued: Mutex<u32>,
-    }
-
-    #[derive(Clone)]
-    struct FakeHandle(Arc<Fake>);
-
-    impl HttpTransport for FakeHandle {
-        fn execute(&self, req: &HttpRequest) -> Result<HttpResponse, TransportError> {
-            self.0.log.lock().unwrap().push(req.clone());
-            if let Some(r) = self
-                .0
-                .script
-                .lock()
-                .unwrap()
-                .get_mut(&req.op)
-                .and_then(|q| q.pop_front())
-            {
-                return r;
-            }
-            Ok(self.0.default_reply(req))
-        }
-    }
-
-    fn ok(body: &str) -> Reply {
-        Ok(HttpResponse {
-            status: 200,
-            body: body.as_bytes().to_vec(),
-        })
-    }
-    fn st(status: u16, body: &str) -> Reply {
-        Ok(HttpResponse {
-            status,
-            body: body.as_bytes().to_vec(),
-        })
-    }
-
-    fn status_json(channel: &str, committed: Option<&str>, code: &str) -> String {
-        serde_json::json!({
-            "database_name": "DB1", "schema_name": "SCH1", "pipe_name": "PIPE1", "channel_name": channel,
-            "channel_status_code": code, "last_committed_offset_token": committed,
-            "created_on_ms": 1, "rows_inserted": 0, "rows_parsed": 0, "rows_error_count": 0
-        })
-        .to_string()
-    }
-
-    impl Fake {
-        fn default_reply(&self, req: &HttpRequest) -> HttpResponse {
-            let body = match req.op {
-                Op::Hostname => "my_acct.us-west-2.ingest.example.invalid".to_string(),
-                Op::Token => {
-                    let mut n = self.tokens_issued.lock().unwrap();
-                    *n += 1;
-                    let exp = self.clock.unix_secs() + *self.token_lifetime.lock().unwrap();
-                    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-                    format!(
-                        "{}.{}.c2ln",
-                        b64.encode(br#"{"alg":"HS256"}"#),
-                        b64.encode(serde_json::json!({"exp": exp, "jti": *n}).to_string())
-                    )
-                }
-                Op::OpenChannel => format!(
-                    r#"{{"next_continuation_token":"open-token","channel_status":{}}}"#,
-                    status_json("ch1", Some("5"), "SUCCESS")
-                ),
-                Op::Append => {
-                    let n = self.log.lock().unwrap().len();
-                    format!(r#"{{"next_continuation_token":"next-{n}"}}"#)
-                }
-                Op::ChannelStatus => {
-                    let v: serde_json::Value =
-                        serde_json::from_slice(req.body.as_ref().unwrap()).unwrap();
-                    let mut m = serde_json::Map::new();
-                    for n in v["channel_names"].as_array().unwrap() {
-                        let n = n.as_str().unwrap();
-                        if n.starts_with("ch") {
-                            m.insert(
-                                n.into(),
-                                serde_json::from_str(&status_json(n, Some("9"), "SUCCESS"))
-                                    .unwrap(),
-                            );
-                        }
-                    }
-                    serde_json::json!({ "channel_statuses": m }).to_string()
-                }
-                Op::DropChannel => "{}".to_string(),
-            };
-            HttpResponse {
-                status: 200,
-                body: body.into_bytes(),
-            }
-        }
-    }
-
-    struct Harness {
-        client: SnowpipeClient,
-        fake: Arc<Fake>,
-        clock: Arc<FakeClock>,
-    }
-
-    impl Harness {
-        fn new() -> Self {
-            Self::with_policy(RetryPolicy::default())
-        }
-        fn with_policy(retry: RetryPolicy) -> Self {
-            let clock = FakeClock::new();
-            let fake = Arc::new(Fake {
-                clock: clock.clone(),
-                script: Mutex::new(HashMap::new()),
-                log: Mutex::new(Vec::new()),
-                token_lifetime: Mutex::new(3600),
-                tokens_issued: Mutex::new(0),
-            });
-            let mut cfg = ClientConfig::new(
-                "https://myorg-my_acct.snowflakecomputing.com:8443/",
-                "myorg-my_acct",
-                "ingest_user",
-                Some("INGEST_ROLE".into()),
-                "/nonexistent",
-                "DB1",
-                "SCH1",
-                "PIPE1",
-            );
-            cfg.retry = retry;
-            let keys = KeyPair::from_private_key(test_key()).unwrap();
-            let client = SnowpipeClient::with_parts(
-                cfg,
-                keys,
-                Box::new(FakeHandle(fake.clone())),
-                clock.clone(),
-            )
-            .unwrap();
-            Harness {
-                client,
-                fake,
-                clock,
-            }
-        }
-        fn script(&self, op: Op, replies: Vec<Reply>) {
-            self.fake
-                .script
-                .lock()
-                .unwrap()
-                .entry(op)
-                .or_default()
-                .extend(replies);
-        }
-        fn log(&self) -> Vec<HttpRequest> {
-            self.fake.log.lock().unwrap().clone()
-        }
-        fn log_of(&self, op: Op) -> Vec<HttpRequest> {
-            self.log().into_iter().filter(|r| r.op == op).collect()
-        }
-        fn batch(&self, from: u64, to: u64) -> Batch {
-            let rows: Vec<(u64, Vec<u8>)> = (from..=to)
-                .map(|s| (s, format!(r#"{{"seq":{s}}}"#).into_bytes()))
-                .collect();
-            let mut b = self
-                .client
-                .batches(rows.iter().map(|(s, l)| (*s, l.as_slice())))
-                .unwrap();
-            assert_eq!(b.len(), 1);
-            b.remove(0)
-        }
-    }
-
-    fn query(url: &str, key: &str) -> Option<String> {
-        url.split_once('?')?.1.split('&').find_map(|kv| {
-            let (k, v) = kv.split_once('=')?;
-            (k == key).then(|| v.to_string())
-        })
-    }
 
     #[test]
     fn account_url_parsing() {
@@ -1426,7 +1228,7 @@ mod tests {
         assert_eq!(h.log_of(Op::Append).len(), sent);
         // Oversized or reversed batches are refused before sending.
         let mut big = h.batch(2, 2);
-        big.body = vec![0; MAX_WIRE_BYTES + 1];
+        big.body = vec![0; MAX_REQUEST_BYTES + 1];
         let e = h.client.append("ch1", &t1, &big).unwrap_err();
         assert!(matches!(e, SnowpipeError::Batch { .. }), "{e}");
         let mut rev = h.batch(2, 2);
@@ -1708,14 +1510,21 @@ mod tests {
         let ev = events.lock().unwrap().clone();
         let got: Vec<(Op, &str, u32)> = ev
             .iter()
-            .map(|e| (e.op, e.class.as_str(), e.retry_count))
+            .map(|e| {
+                let class = match e.status {
+                    None => "transport",
+                    Some(200..=299) => "2xx",
+                    Some(_) => "other",
+                };
+                (e.op, class, e.retry_count)
+            })
             .collect();
         assert_eq!(
             got,
             vec![
                 (Op::Hostname, "2xx", 0),
                 (Op::Token, "2xx", 0),
-                (Op::OpenChannel, "5xx", 0),
+                (Op::OpenChannel, "other", 0),
                 (Op::OpenChannel, "transport", 1),
                 (Op::OpenChannel, "2xx", 2)
             ]
@@ -1768,5 +1577,87 @@ mod tests {
         let cfg = ClientConfig::new("https://a.b.c", "a", "u", None, &path, "d", "s", "p");
         let e = SnowpipeClient::new(cfg).unwrap_err().to_string();
         assert!(e.contains("chmod 600"), "{e}");
+    }
+
+    #[test]
+    fn user_agent_names_product_platform_and_rustc() {
+        let ua = user_agent();
+        let want = format!(
+            "badge-agent/{} ({} {}) Rust/",
+            env!("CARGO_PKG_VERSION"),
+            std::env::consts::OS,
+            std::env::consts::ARCH
+        );
+        let rustc = ua.strip_prefix(&want).unwrap_or_else(|| panic!("{ua}"));
+        let parts: Vec<&str> = rustc.split('.').collect();
+        assert!(
+            parts.len() == 3 && parts.iter().all(|p| p.parse::<u32>().is_ok()),
+            "rustc version {rustc:?} in {ua}"
+        );
+        let mut h = Harness::new();
+        h.client.open_channel("ch1").unwrap();
+        h.client.channel_status(&["ch1"]).unwrap();
+        for r in h.log() {
+            assert_eq!(r.header("User-Agent"), Some(ua.as_str()), "{:?}", r.op);
+        }
+    }
+
+    #[test]
+    fn a_stop_cuts_the_back_off_short() {
+        let mut h = Harness::new();
+        let stop = StopSignal::new();
+        h.client.set_stop(stop.clone());
+        h.client.open_channel("ch1").unwrap();
+        h.script(Op::ChannelStatus, vec![st(503, ""), st(503, "")]);
+        stop.stop();
+        let e = h.client.channel_status(&["ch1"]).unwrap_err();
+        assert!(matches!(e, SnowpipeError::Stopped), "{e}");
+        assert!(e.is_transient());
+        assert!(
+            h.log_of(Op::ChannelStatus).is_empty(),
+            "nothing sent after the stop"
+        );
+        // Raised during the back-off: the sleep ends, no further attempt.
+        let mut h = Harness::new();
+        let stop = StopSignal::new();
+        h.client.set_stop(stop.clone());
+        h.client.open_channel("ch1").unwrap();
+        let raise = stop.clone();
+        h.client.set_observer(Arc::new(move |e: &RequestEvent| {
+            if e.status == Some(503) {
+                raise.stop();
+            }
+        }));
+        h.script(Op::ChannelStatus, vec![st(503, ""), st(503, "")]);
+        let e = h.client.channel_status(&["ch1"]).unwrap_err();
+        assert!(matches!(e, SnowpipeError::Stopped), "{e}");
+        assert_eq!(h.log_of(Op::ChannelStatus).len(), 1);
+        assert!(h.clock.sleeps().is_empty(), "{:?}", h.clock.sleeps());
+    }
+
+    #[test]
+    fn a_stop_abandons_a_request_that_hangs() {
+        struct Hang;
+        impl HttpTransport for Hang {
+            fn execute(&self, _: &HttpRequest) -> Result<HttpResponse, TransportError> {
+                std::thread::sleep(Duration::from_secs(30));
+                Err(TransportError::Timeout("hung".into()))
+            }
+        }
+        let cfg = ClientConfig::new("https://a.b.c", "a", "u", None, "/k", "d", "s", "p");
+        let keys = KeyPair::from_private_key(crate::snowpipe::auth::tests::test_key()).unwrap();
+        let mut client =
+            SnowpipeClient::with_parts(cfg, keys, Box::new(Hang), Arc::new(SystemClock)).unwrap();
+        let stop = StopSignal::new();
+        client.set_stop(stop.clone());
+        let t0 = std::time::Instant::now();
+        let raise = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            stop.stop();
+        });
+        let e = client.open_channel("ch1").unwrap_err();
+        raise.join().unwrap();
+        assert!(matches!(e, SnowpipeError::Stopped), "{e}");
+        assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
     }
 }

@@ -128,6 +128,11 @@ pub enum SnowpipeError {
         message: String,
     },
 
+    /// The agent is stopping: the call was abandoned (a wait cut short, or a request left
+    /// without its answer). Nothing is lost: the drain resumes from the committed offset token.
+    #[error("stopped while talking to Snowflake")]
+    Stopped,
+
     /// The rows handed to the batcher cannot be sent (order, size, framing).
     #[error("batch: {message}")]
     Batch {
@@ -146,23 +151,11 @@ impl SnowpipeError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            SnowpipeError::Unavailable { .. } | SnowpipeError::ChannelUnhealthy { .. }
+            SnowpipeError::Unavailable { .. }
+                | SnowpipeError::ChannelUnhealthy { .. }
+                | SnowpipeError::Stopped
         )
     }
-}
-
-/// Shortens a server-provided text for an error message: at most `max` chars, control characters
-/// replaced, so a hostile body cannot flood the journal or forge log lines.
-pub(crate) fn sanitize(text: &str, max: usize) -> String {
-    let mut out: String = text
-        .chars()
-        .take(max)
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    if text.chars().count() > max {
-        out.push('…');
-    }
-    out
 }
 
 #[cfg(test)]
@@ -190,12 +183,5 @@ mod tests {
             message: "x".into(),
         };
         assert!(!cfg.is_transient() && !cfg.is_channel_invalid());
-    }
-
-    #[test]
-    fn sanitize_truncates_and_strips_controls() {
-        assert_eq!(sanitize("a\nb\u{1b}[31m", 100), "a b [31m");
-        assert_eq!(sanitize("abcdef", 3), "abc…");
-        assert_eq!(sanitize("", 3), "");
     }
 }

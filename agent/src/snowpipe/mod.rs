@@ -7,8 +7,9 @@
 //! | --- | --- | --- |
 //! | [`auth`] | PKCS#8 key loading (0600 enforced), fingerprint, key-pair JWT, scoped-token cache | reads the key file |
 //! | [`protocol`] | request builders and response parsers for the six endpoints | none |
-//! | [`retry`] | response classification, backoff with jitter, 10 req/s limiter, clock trait | none |
-//! | [`batch`] | NDJSON batching under 4 MB after compression | none |
+//! | [`retry`] | response classification, the per-call retry state machine, backoff with jitter, 10 req/s limiter, clock trait, stop signal | none |
+//! | [`batch`] | rows → append requests within the 4 MB limit as sent (the one owner of that limit) | none |
+//! | [`redact`] | [`redact::Secret`] and server-text sanitising | none |
 //! | [`transport`] | `ureq` + rustls (system roots + extra CA), proxy / NO_PROXY, timeouts | network |
 //! | [`client`] | [`SnowpipeClient`]: the blocking calls the drain thread makes | via transport |
 //!
@@ -40,16 +41,19 @@ pub mod batch;
 pub mod client;
 pub mod error;
 pub mod protocol;
+pub mod redact;
 pub mod retry;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod transport;
 
 pub use auth::{
     generate_private_key, load_private_key, public_key_base64_der, public_key_fingerprint,
     write_private_key, KeyPair,
 };
-pub use batch::{split_into_batches, Batch, BatchLimits};
-pub use client::{ClientConfig, RequestEvent, RequestObserver, SnowpipeClient, StatusClass};
+pub use batch::{first_batch, split_into_batches, Batch, BatchLimits};
+pub use client::{ClientConfig, RequestEvent, RequestObserver, SnowpipeClient};
 pub use error::SnowpipeError;
 pub use protocol::{ChannelStatus, ContentEncoding, Op, OpenChannel};
-pub use retry::{Backoff, Clock, RetryPolicy, SystemClock};
+pub use retry::{Backoff, Clock, RetryPolicy, StopSignal, SystemClock};
 pub use transport::{HttpTransport, Timeouts};

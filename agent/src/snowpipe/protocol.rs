@@ -10,7 +10,7 @@ use std::fmt;
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::auth::Secret;
+use super::redact::{sanitize, Secret};
 
 /// The operations of the client (for errors, retry classification and metrics).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -218,6 +218,17 @@ pub enum ContentEncoding {
     Gzip,
     /// No header, identity body.
     Identity,
+}
+
+/// The one mapping from the operator's `compression` setting to the wire encoding.
+impl From<crate::config::Compression> for ContentEncoding {
+    fn from(c: crate::config::Compression) -> Self {
+        match c {
+            crate::config::Compression::Zstd => ContentEncoding::Zstd,
+            crate::config::Compression::Gzip => ContentEncoding::Gzip,
+            crate::config::Compression::None => ContentEncoding::Identity,
+        }
+    }
 }
 
 impl ContentEncoding {
@@ -455,10 +466,7 @@ impl fmt::Display for ProtoError {
 
 fn json_err(what: &str, e: serde_json::Error) -> ProtoError {
     // serde's messages quote at most a short fragment; keep them for diagnosis.
-    ProtoError(format!(
-        "{what}: {}",
-        super::error::sanitize(&e.to_string(), 200)
-    ))
+    ProtoError(format!("{what}: {}", sanitize(&e.to_string(), 200)))
 }
 
 /// Parses the hostname answer: plain text (what production sends) or `{"hostname": …}` (the docs),
@@ -489,7 +497,7 @@ pub fn parse_hostname(body: &[u8]) -> Result<String, ProtoError> {
     if !valid {
         return Err(ProtoError(format!(
             "hostname answer {:?} is not a bare host name",
-            super::error::sanitize(host, 80)
+            sanitize(host, 80)
         )));
     }
     Ok(host.replace('_', "-"))
@@ -547,7 +555,7 @@ impl ChannelStatus {
             Some(t) => t.trim().parse::<u64>().map(Some).map_err(|_| {
                 ProtoError(format!(
                     "last_committed_offset_token {:?} is not a decimal sequence number",
-                    super::error::sanitize(t, 40)
+                    sanitize(t, 40)
                 ))
             }),
         }
@@ -636,8 +644,8 @@ pub fn parse_error_body(body: &[u8]) -> Option<ApiError> {
         .and_then(|m| m.as_str())
         .unwrap_or_default();
     Some(ApiError {
-        code: super::error::sanitize(&code, 100),
-        message: super::error::sanitize(message, 300),
+        code: sanitize(&code, 100),
+        message: sanitize(message, 300),
     })
 }
 

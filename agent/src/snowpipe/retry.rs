@@ -1,7 +1,9 @@
-//! Retry policy, sans I/O: how each answer is classified (reference §7, §13.2), exponential
-//! backoff with jitter, the per-channel request-rate limiter, and the injectable clock.
+//! Retry policy, sans I/O: how each answer is classified, the per-call retry/give-up state
+//! machine ([`CallRetry`]), exponential backoff with jitter, the per-channel request-rate
+//! limiter, the injectable clock, and the stop signal its sleeps wake on.
 
 use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::protocol::{parse_error_body, ApiError, Op};
@@ -145,6 +147,155 @@ impl Default for RetryPolicy {
     }
 }
 
+/// Why a call gave up, decided by [`CallRetry`]; the client turns it into an operator-facing
+/// [`SnowpipeError`](super::SnowpipeError) with the request's context.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GiveUp {
+    /// Retryable failures outlasted the attempts or the time budget.
+    Unavailable {
+        /// Attempts made.
+        attempts: u32,
+        /// Time spent in the call.
+        elapsed: Duration,
+        /// The last failure.
+        last: String,
+    },
+    /// 401 after every allowed token refresh.
+    Auth,
+    /// 409 even on the forced open.
+    Conflict,
+    /// 404s without a Snowflake body outlasted their retries.
+    Misclassified404,
+    /// The append was refused: reopen the channel.
+    ChannelInvalid(ApiError),
+    /// Refused; retrying will not help.
+    Fatal {
+        /// HTTP status.
+        status: u16,
+        /// The Snowflake error, if the body had one.
+        error: Option<ApiError>,
+    },
+    /// TLS verification failed.
+    Tls(String),
+    /// Local configuration error.
+    Config(String),
+}
+
+/// What the client does after one attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Next {
+    /// 2xx: the answer is the call's result.
+    Done,
+    /// Send the same request again (same requestId, `retryCount + 1`) after `delay`.
+    Resend {
+        /// Wait first (zero: at once).
+        delay: Duration,
+        /// Get a fresh token before resending (after a 401).
+        refresh_auth: bool,
+    },
+    /// Stop retrying.
+    GiveUp(GiveUp),
+}
+
+/// The retry/give-up decisions of one logical call, sans I/O: feed it each attempt's
+/// [`Disposition`] with the time and a uniform random number, do what [`Next`] says.
+#[derive(Debug, Clone)]
+pub struct CallRetry {
+    policy: RetryPolicy,
+    started: Instant,
+    attempts: u32,
+    backoffs: u32,
+    auth_refreshes: u32,
+    misclassified: u32,
+    conflicts: u32,
+}
+
+impl CallRetry {
+    /// A call starting at `now`.
+    pub fn new(policy: RetryPolicy, now: Instant) -> Self {
+        CallRetry {
+            policy,
+            started: now,
+            attempts: 0,
+            backoffs: 0,
+            auth_refreshes: 0,
+            misclassified: 0,
+            conflicts: 0,
+        }
+    }
+
+    /// Attempts so far.
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    /// Whether the next open must be forced (`fail_on_uncommitted_rows=false`): the 409 retries
+    /// are used up.
+    pub fn force_open(&self) -> bool {
+        self.conflicts > self.policy.open_conflict_retries
+    }
+
+    /// The decision after an attempt with outcome `d`, finished at `now`; `unit` is uniform in
+    /// [0, 1) for the jitter.
+    pub fn next(&mut self, d: Disposition, now: Instant, unit: f64) -> Next {
+        let p = &self.policy;
+        self.attempts += 1;
+        let resend = |delay, refresh_auth| Next::Resend {
+            delay,
+            refresh_auth,
+        };
+        match d {
+            Disposition::Success => Next::Done,
+            Disposition::RefreshAuth => {
+                self.auth_refreshes += 1;
+                if self.auth_refreshes > p.max_auth_refreshes {
+                    Next::GiveUp(GiveUp::Auth)
+                } else {
+                    resend(Duration::ZERO, true)
+                }
+            }
+            Disposition::Conflict => {
+                self.conflicts += 1;
+                if self.conflicts > p.open_conflict_retries + 1 {
+                    Next::GiveUp(GiveUp::Conflict)
+                } else if self.conflicts > p.open_conflict_retries {
+                    // Last resort: the forced open, at once.
+                    resend(Duration::ZERO, false)
+                } else {
+                    resend(p.backoff.delay(self.conflicts - 1, unit), false)
+                }
+            }
+            Disposition::Backoff {
+                reason,
+                misclassified_404,
+            } => {
+                if misclassified_404 {
+                    self.misclassified += 1;
+                    if self.misclassified > p.misclassified_404_retries {
+                        return Next::GiveUp(GiveUp::Misclassified404);
+                    }
+                }
+                let delay = p.backoff.delay(self.backoffs, unit);
+                self.backoffs += 1;
+                let spent = now.saturating_duration_since(self.started);
+                if self.attempts >= p.max_attempts || spent + delay > p.max_elapsed {
+                    Next::GiveUp(GiveUp::Unavailable {
+                        attempts: self.attempts,
+                        elapsed: spent,
+                        last: reason,
+                    })
+                } else {
+                    resend(delay, false)
+                }
+            }
+            Disposition::ChannelInvalid(e) => Next::GiveUp(GiveUp::ChannelInvalid(e)),
+            Disposition::Fatal { status, error } => Next::GiveUp(GiveUp::Fatal { status, error }),
+            Disposition::Tls(d) => Next::GiveUp(GiveUp::Tls(d)),
+            Disposition::Config(m) => Next::GiveUp(GiveUp::Config(m)),
+        }
+    }
+}
+
 /// Exponential backoff: `initial × multiplier^n`, capped, with ± `jitter` proportional noise.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Backoff {
@@ -235,6 +386,48 @@ pub trait Clock: Send + Sync {
     fn unix_millis(&self) -> u64;
     /// Blocks for `d`.
     fn sleep(&self, d: Duration);
+    /// Blocks for `d` unless `stop` is (or becomes) set; returns whether it was.
+    fn sleep_or_stop(&self, d: Duration, stop: &StopSignal) -> bool {
+        if stop.is_stopped() {
+            return true;
+        }
+        self.sleep(d);
+        stop.is_stopped()
+    }
+}
+
+/// A stop request that wakes sleepers at once (a flag plus a condition variable). Clones share
+/// the flag.
+#[derive(Debug, Clone, Default)]
+pub struct StopSignal(Arc<(Mutex<bool>, Condvar)>);
+
+impl StopSignal {
+    /// A signal not yet raised.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Raises the signal and wakes every waiter.
+    pub fn stop(&self) {
+        let (flag, cv) = &*self.0;
+        *flag.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        cv.notify_all();
+    }
+
+    /// Whether the signal was raised.
+    pub fn is_stopped(&self) -> bool {
+        *self.0 .0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Waits up to `d` for the signal; returns whether it was raised.
+    pub fn wait(&self, d: Duration) -> bool {
+        let (flag, cv) = &*self.0;
+        let guard = flag.lock().unwrap_or_else(PoisonError::into_inner);
+        let (guard, _) = cv
+            .wait_timeout_while(guard, d, |stopped| !*stopped)
+            .unwrap_or_else(PoisonError::into_inner);
+        *guard
+    }
 }
 
 /// The real clock.
@@ -259,6 +452,9 @@ impl Clock for SystemClock {
     }
     fn sleep(&self, d: Duration) {
         std::thread::sleep(d)
+    }
+    fn sleep_or_stop(&self, d: Duration, stop: &StopSignal) -> bool {
+        stop.wait(d)
     }
 }
 
@@ -444,5 +640,209 @@ mod tests {
             assert_eq!(rl.wait(now), Duration::ZERO);
             rl.record(now);
         }
+    }
+
+    fn bo(reason: &str) -> Disposition {
+        Disposition::Backoff {
+            reason: reason.into(),
+            misclassified_404: false,
+        }
+    }
+
+    fn no_jitter() -> RetryPolicy {
+        RetryPolicy {
+            backoff: Backoff {
+                jitter: 0.0,
+                ..Backoff::default()
+            },
+            ..RetryPolicy::default()
+        }
+    }
+
+    /// Runs `outcomes` through a fresh call, each attempt taking `per_attempt`; returns the
+    /// decisions.
+    fn run(policy: RetryPolicy, outcomes: Vec<Disposition>, per_attempt: Duration) -> Vec<Next> {
+        let t0 = Instant::now();
+        let mut r = CallRetry::new(policy, t0);
+        let mut now = t0;
+        outcomes
+            .into_iter()
+            .map(|d| {
+                now += per_attempt;
+                let n = r.next(d, now, 0.5);
+                if let Next::Resend { delay, .. } = n {
+                    now += delay;
+                }
+                n
+            })
+            .collect()
+    }
+
+    fn resend(ms: u64) -> Next {
+        Next::Resend {
+            delay: Duration::from_millis(ms),
+            refresh_auth: false,
+        }
+    }
+
+    #[test]
+    fn retry_decision_table() {
+        let z = Duration::ZERO;
+        let refresh = Next::Resend {
+            delay: z,
+            refresh_auth: true,
+        };
+        let api = ApiError {
+            code: "X".into(),
+            message: "m".into(),
+        };
+        let cases: Vec<(&str, RetryPolicy, Vec<Disposition>, Vec<Next>)> = vec![
+            (
+                "success at once",
+                no_jitter(),
+                vec![Disposition::Success],
+                vec![Next::Done],
+            ),
+            (
+                "5xx then success: 1 s",
+                no_jitter(),
+                vec![bo("HTTP 503"), Disposition::Success],
+                vec![resend(1000), Next::Done],
+            ),
+            (
+                "backoff doubles, gives up after max_attempts",
+                RetryPolicy {
+                    max_attempts: 3,
+                    ..no_jitter()
+                },
+                vec![bo("a"), bo("b"), bo("c")],
+                vec![
+                    resend(1000),
+                    resend(2000),
+                    Next::GiveUp(GiveUp::Unavailable {
+                        attempts: 3,
+                        elapsed: Duration::from_secs(3),
+                        last: "c".into(),
+                    }),
+                ],
+            ),
+            (
+                "no backoff past max_elapsed",
+                RetryPolicy {
+                    max_elapsed: Duration::from_millis(2500),
+                    ..no_jitter()
+                },
+                vec![bo("a"), bo("b")],
+                vec![
+                    resend(1000),
+                    Next::GiveUp(GiveUp::Unavailable {
+                        attempts: 2,
+                        elapsed: Duration::from_secs(1),
+                        last: "b".into(),
+                    }),
+                ],
+            ),
+            (
+                "401: refresh at once, give up after max_auth_refreshes",
+                no_jitter(),
+                vec![Disposition::RefreshAuth; 4],
+                vec![
+                    refresh.clone(),
+                    refresh.clone(),
+                    refresh,
+                    Next::GiveUp(GiveUp::Auth),
+                ],
+            ),
+            (
+                "409: back off 1, 2, 4 s, force at once, then give up",
+                no_jitter(),
+                vec![Disposition::Conflict; 5],
+                vec![
+                    resend(1000),
+                    resend(2000),
+                    resend(4000),
+                    resend(0),
+                    Next::GiveUp(GiveUp::Conflict),
+                ],
+            ),
+            (
+                "misclassified 404 retried 3 times",
+                no_jitter(),
+                vec![
+                    Disposition::Backoff {
+                        reason: "404".into(),
+                        misclassified_404: true
+                    };
+                    4
+                ],
+                vec![
+                    resend(1000),
+                    resend(2000),
+                    resend(4000),
+                    Next::GiveUp(GiveUp::Misclassified404),
+                ],
+            ),
+            (
+                "terminal answers",
+                no_jitter(),
+                vec![Disposition::ChannelInvalid(api.clone())],
+                vec![Next::GiveUp(GiveUp::ChannelInvalid(api))],
+            ),
+            (
+                "fatal",
+                no_jitter(),
+                vec![Disposition::Fatal {
+                    status: 403,
+                    error: None,
+                }],
+                vec![Next::GiveUp(GiveUp::Fatal {
+                    status: 403,
+                    error: None,
+                })],
+            ),
+            (
+                "tls",
+                no_jitter(),
+                vec![Disposition::Tls("x".into())],
+                vec![Next::GiveUp(GiveUp::Tls("x".into()))],
+            ),
+            (
+                "config",
+                no_jitter(),
+                vec![Disposition::Config("x".into())],
+                vec![Next::GiveUp(GiveUp::Config("x".into()))],
+            ),
+        ];
+        for (name, policy, outcomes, want) in cases {
+            assert_eq!(run(policy, outcomes, z), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn force_open_after_the_conflict_retries() {
+        let mut r = CallRetry::new(no_jitter(), Instant::now());
+        let now = Instant::now();
+        for _ in 0..3 {
+            assert!(!r.force_open());
+            r.next(Disposition::Conflict, now, 0.5);
+        }
+        assert!(!r.force_open());
+        r.next(Disposition::Conflict, now, 0.5);
+        assert!(r.force_open());
+        assert_eq!(r.attempts(), 4);
+    }
+
+    #[test]
+    fn stop_signal_wakes_a_sleeper() {
+        let stop = StopSignal::new();
+        assert!(!stop.wait(Duration::from_millis(1)));
+        let s = stop.clone();
+        let t0 = Instant::now();
+        let h = std::thread::spawn(move || SystemClock.sleep_or_stop(Duration::from_secs(30), &s));
+        std::thread::sleep(Duration::from_millis(50));
+        stop.stop();
+        assert!(h.join().unwrap());
+        assert!(t0.elapsed() < Duration::from_secs(5));
+        assert!(SystemClock.sleep_or_stop(Duration::from_secs(30), &stop));
     }
 }

@@ -32,7 +32,7 @@ pub struct HttpResponse {
 }
 
 /// Sends requests. The real one is [`UreqTransport`]; tests script one.
-pub trait HttpTransport: Send {
+pub trait HttpTransport: Send + Sync {
     /// Sends `req` once (no retries here) and returns the answer, whatever its status.
     fn execute(&self, req: &HttpRequest) -> Result<HttpResponse, TransportError>;
 }
