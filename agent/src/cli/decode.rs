@@ -31,6 +31,13 @@ pub enum DecodeWhat {
         #[arg(long, short, default_value = "auto")]
         format: String,
     },
+    /// One OSDP packet given as hex (a bus capture), e.g. "53 81 0e 00 06 50 …". Secure packets
+    /// show as such; their encrypted payload cannot be read without the session keys.
+    Osdp {
+        /// The bytes in hex (spaces, commas and 0x prefixes are accepted).
+        #[arg(required = true, num_args = 1..)]
+        hex: Vec<String>,
+    },
     /// Serial reader bytes given as hex, e.g. "02 33 43 30 ... 03" or 0233433030…03.
     Serial {
         /// The bytes in hex (spaces, commas and 0x prefixes are accepted).
@@ -125,6 +132,7 @@ fn decode(what: &DecodeWhat) -> anyhow::Result<Outcome> {
             let bits = Bits::from_bit_str(bits).context("Wiegand bits")?;
             Ok(decode_wiegand(bits, choice))
         }
+        DecodeWhat::Osdp { hex } => Ok(decode_osdp(&parse_hex(hex)?)),
         DecodeWhat::Serial {
             hex,
             framing,
@@ -192,6 +200,34 @@ fn decode(what: &DecodeWhat) -> anyhow::Result<Outcome> {
                 }
             }
         }
+    }
+}
+
+/// Describes one OSDP packet (plain, handshake or secure).
+fn decode_osdp(bytes: &[u8]) -> Outcome {
+    use reader_protocol::osdp::describe_packet;
+    match describe_packet(bytes) {
+        Ok(p) => Outcome {
+            json: json!({
+                "input": { "kind": "osdp", "bytes": bytes.len() },
+                "direction": if p.is_reply { "reply" } else { "command" },
+                "address": p.address,
+                "sqn": p.sqn,
+                "check": p.check,
+                "secure": p.scs.is_some_and(|s| s >= 0x15),
+                "security_block": p.scs.map(|s| format!("SCS_{s:02X}")),
+                "code": format!("0x{:02X}", p.code),
+                "name": p.name,
+                "data": p.data.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+                "meaning": p.meaning,
+                "summary": p.to_string(),
+            }),
+            error: None,
+        },
+        Err(e) => Outcome {
+            json: json!({ "input": { "kind": "osdp", "bytes": bytes.len() }, "valid": false, "error": e.to_string() }),
+            error: Some(e.to_string()),
+        },
     }
 }
 
