@@ -38,9 +38,13 @@ from osdp import (Capability, CardFormat, Channel, Event, LibFlag, LogLevel, PDC
 OUT_LOCK = threading.Lock()
 
 
+def _plain(o):
+    return o.hex() if isinstance(o, (bytes, bytearray)) else str(o)
+
+
 def emit(obj):
     with OUT_LOCK:
-        sys.stdout.write(json.dumps(obj, default=str) + "\n")
+        sys.stdout.write(json.dumps(obj, default=_plain) + "\n")
         sys.stdout.flush()
 
 
