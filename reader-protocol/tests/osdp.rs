@@ -114,6 +114,31 @@ fn a_retry_reuses_the_sqn_and_the_bytes() {
     let again = cp.poll_transmit(200, [0; 8]).unwrap();
     assert_eq!(again, first);
     assert_eq!(cp.link_stats(1).unwrap().retries, 1);
+
+    // A queued command (the LED after a swipe) whose reply is lost is sent again as it was,
+    // not replaced by a poll: the PD repeats its reply instead of flashing twice.
+    cp.handle_rx(&reply(1, 0, 0x45, &PDID), 205);
+    let now = bring_up_cap(&mut cp, 1, 210);
+    let lstat = cp.poll_transmit(now, [0; 8]).unwrap();
+    cp.handle_rx(&reply(1, sent(&lstat).1, 0x48, &[0, 0]), now + 1);
+    let led = reader_protocol::osdp::Feedback {
+        led: vec![reader_protocol::osdp::Feedback::green_flash(5)],
+        buzzer: None,
+    };
+    assert_eq!(cp.feedback(1, &led), Ok(true));
+    let sent_led = cp.poll_transmit(now + 100, [0; 8]).unwrap();
+    assert_eq!(sent(&sent_led).2, 0x69);
+    cp.handle_timeout(now + 300);
+    let retried = cp.poll_transmit(now + 300, [0; 8]).unwrap();
+    assert_eq!(retried, sent_led, "the retry must be the same LED packet");
+}
+
+/// CAP for a plain PD whose ID was answered; returns the time reached.
+fn bring_up_cap(cp: &mut ControlPanel, addr: u8, now: u64) -> u64 {
+    let cap = cp.poll_transmit(now, [0; 8]).unwrap();
+    assert_eq!(sent(&cap), (addr, 1, 0x62));
+    cp.handle_rx(&reply(addr, 1, 0x46, &CAPS_PLAIN), now + 5);
+    now + 10
 }
 
 #[test]
