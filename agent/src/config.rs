@@ -1287,4 +1287,79 @@ mod tests {
         let err = Config::load(Path::new("/nonexistent/badge.toml")).unwrap_err();
         assert!(err.to_string().contains("/nonexistent/badge.toml"), "{err}");
     }
+
+    #[test]
+    fn osdp_readers_validate_per_bus() {
+        let base = "gateway_id = \"gw\"\n";
+        let osdp = |id: &str, dev: &str, addr: u8, extra: &str| {
+            format!("[[reader]]\nid = \"{id}\"\nkind = \"osdp\"\ndevice = \"{dev}\"\naddress = {addr}\n{extra}")
+        };
+        let ok = format!(
+            "{base}{}{}{}",
+            osdp(
+                "a",
+                "/dev/rs485",
+                1,
+                "key_file = \"/k\"\ninstall_mode = true\nformat = \"h10301\"\nbaud = 19200\n"
+            ),
+            osdp("b", "/dev/rs485", 2, "baud = 19200\n"),
+            osdp("c", "/dev/other", 1, "")
+        );
+        let specs = Config::parse(&ok).unwrap().validate().unwrap();
+        let ReaderSource::Osdp(a) = &specs[0].source else {
+            panic!("{specs:?}")
+        };
+        assert_eq!((a.address, a.baud, a.install_mode), (1, 19200, true));
+        assert_eq!(a.offline_after, Duration::from_secs(8));
+        assert!(
+            !a.feedback_led && !a.feedback_beep,
+            "feedback is off by default"
+        );
+
+        let cases = [
+            (
+                format!(
+                    "{base}{}{}",
+                    osdp("a", "/dev/x", 3, ""),
+                    osdp("b", "/dev/x", 3, "")
+                ),
+                "reader[1].address",
+            ),
+            (
+                format!("{base}{}", osdp("a", "/dev/x", 3, "baud = 14400\n")),
+                "reader[0].baud",
+            ),
+            (
+                format!("{base}{}", osdp("a", "/dev/x", 127, "")),
+                "reader[0].address",
+            ),
+            (
+                format!("{base}{}", osdp("a", "/dev/x", 3, "install_mode = true\n")),
+                "reader[0].install_mode",
+            ),
+            (
+                format!(
+                    "{base}{}{}",
+                    osdp("a", "/dev/x", 1, ""),
+                    osdp("b", "/dev/x", 2, "baud = 19200\n")
+                ),
+                "reader[1]",
+            ),
+            (
+                format!("{base}{}", osdp("a", "/dev/x", 1, "framing = \"line\"\n")),
+                "reader[0].framing",
+            ),
+            (
+                format!(
+                    "{base}{}",
+                    osdp("a", "/dev/x", 1, "offline_after_ms = 300\n")
+                ),
+                "reader[0].offline_after_ms",
+            ),
+        ];
+        for (text, key) in cases {
+            let err = Config::parse(&text).unwrap().validate().unwrap_err();
+            assert!(err.to_string().contains(key), "{key}: {err}");
+        }
+    }
 }

@@ -365,6 +365,39 @@ mod tests {
         decode(&cli.what)
     }
 
+    /// Packets built by hand with an independent CRC (poly 0x1021, init 0x1D0F; "123456789" →
+    /// 0xE5CC), not by the crate under test.
+    #[test]
+    fn osdp_plain_reply_decodes_and_a_secure_one_is_shown_as_such() {
+        let o = decode_args(&["osdp", "53 85 10 00 07 50 00 01 1a 00 bd 88 eb 80 89 fb"]).unwrap();
+        assert!(o.error.is_none(), "{:?}", o.json);
+        assert_eq!(o.json["direction"], "reply");
+        assert_eq!(o.json["address"], 5);
+        assert_eq!(o.json["name"], "osdp_RAW");
+        assert_eq!(o.json["secure"], false);
+        assert!(
+            o.json["meaning"]
+                .as_str()
+                .unwrap()
+                .contains("H10301:123:4567"),
+            "{}",
+            o.json
+        );
+        let bad =
+            decode_args(&["osdp", "53 85 10 00 07 50 00 01 1a 00 bd 88 eb 80 89 fc"]).unwrap();
+        assert!(bad.error.unwrap().contains("CRC"), "{}", bad.json);
+        let sec = decode_args(&[
+            "osdp",
+            "53011e000e021769000102030405060708090a0b0c0d0e0fdeadbeef4d32",
+        ])
+        .unwrap();
+        assert!(sec.error.is_none(), "{:?}", sec.json);
+        assert_eq!(sec.json["secure"], true);
+        assert_eq!(sec.json["security_block"], "SCS_17");
+        assert_eq!(sec.json["name"], "osdp_LED");
+        assert_eq!(sec.json["meaning"], "encrypted");
+    }
+
     #[test]
     fn wiegand_w3_auto() {
         let o = decode_args(&["wiegand", "10111101100010001110101110"]).unwrap();
