@@ -298,28 +298,28 @@ fn a_million_arbitrary_byte_strings_never_panic() {
     let mut now = 0u64;
     let mut described = 0u32;
     for i in 0..1_000_000u32 {
-        let mut input: Vec<u8> = if i % 2 == 0 {
+        let mut input: Vec<u8> = if i.is_multiple_of(2) {
             let seed = &seeds[(rng.next() % seeds.len() as u64) as usize];
             let mut v = seed.clone();
             for _ in 0..(rng.next() % 3) {
                 let at = (rng.next() % v.len() as u64) as usize;
                 v[at] = rng.next() as u8;
             }
-            if rng.next() % 4 == 0 {
+            if rng.next().is_multiple_of(4) {
                 v.truncate((rng.next() % v.len() as u64) as usize);
             }
             v
         } else {
             let len = (rng.next() % 48) as usize;
             let mut v: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
-            if len > 4 && rng.next() % 2 == 0 {
+            if len > 4 && rng.next().is_multiple_of(2) {
                 v[0] = 0x53;
                 v[2] = len as u8;
                 v[3] = 0;
             }
             v
         };
-        if i % 3 == 0 {
+        if i.is_multiple_of(3) {
             // Fix the CRC now and then so the payload decoders run too.
             if input.len() >= 8 && input[0] == 0x53 {
                 let n = input.len();

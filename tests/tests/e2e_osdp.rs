@@ -93,7 +93,7 @@ impl Bus {
 }
 
 fn is_online(addr: u8, secure: bool) -> impl Fn(&[CpEvent]) -> bool {
-    move |evs| evs.iter().any(|e| *e == CpEvent::Online { addr, secure })
+    move |evs| evs.contains(&CpEvent::Online { addr, secure })
 }
 
 fn card_credentials(evs: &[CpEvent]) -> Vec<String> {
@@ -440,7 +440,7 @@ fn agent_wrong_key_is_a_fault_row_and_nothing_is_decoded() {
         "{:?}",
         rows(&rig)
     );
-    assert_eq!(sim.state(1).1, false, "no secure channel may be up");
+    assert!(!sim.state(1).1, "no secure channel may be up");
     // One row for the failure, not one per retry.
     assert_eq!(
         rows_of(&rig, "door-1", "reader_fault").len(),
