@@ -490,3 +490,61 @@ fn agent_install_mode_sets_the_key_then_runs_secure() {
     terminate(&mut agent).unwrap();
     assert_exactly_once(&rig, &BTreeSet::from(["H10301:123:4567".to_owned()]));
 }
+
+/// The technician's tools against LibOSDP PDs: `osdp scan` lists who answers, `osdp set-key`
+/// provisions a reader in install mode, after which the reader runs the secure channel with it.
+#[test]
+fn cli_scan_and_set_key() {
+    let scratch = tempfile::tempdir().unwrap();
+    let link = scratch_link(&scratch);
+    let key = key_file(scratch.path(), "door.key", &KEY);
+    let mut sim = PdSim::start(&link, &[PdSpec::install(1), PdSpec::plain(2)]).unwrap();
+    let agent = env!("CARGO_BIN_EXE_badge-agent-e2e");
+    let scan = std::process::Command::new(agent)
+        .args(["osdp", "scan", "--addresses", "1-3", "--device"])
+        .arg(&link)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&scan.stdout);
+    assert!(
+        scan.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&scan.stderr)
+    );
+    // LibOSDP PDs always advertise the secure channel (function 9), also when run plain.
+    assert!(out.contains("address 1: secure channel supported"), "{out}");
+    assert!(out.contains("address 2: vendor c2b1a0 model 7"), "{out}");
+    assert!(out.contains("2 reader(s) found"), "{out}");
+    assert!(!out.contains("address 3"), "{out}");
+
+    let set = std::process::Command::new(agent)
+        .args(["osdp", "set-key", "--address", "1", "--new-key-file"])
+        .arg(&key)
+        .arg("--device")
+        .arg(&link)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&set.stdout);
+    assert!(
+        set.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&set.stderr)
+    );
+    assert!(out.contains("took the new key"), "{out}");
+    let keyset = sim.wait_event("KEYSET on PD 1", Duration::from_secs(5), |e| {
+        e["ev"] == "command" && e["addr"] == 1 && e["cmd"]["command"] == 5
+    });
+    assert_eq!(keyset["cmd"]["data"], badge_tests::osdp_sim::hex(&KEY));
+    // A control panel with only the new key now gets the secure channel.
+    let mut bus = Bus::new(
+        sim.device(),
+        vec![PdSettings {
+            address: 1,
+            security: Security::Secure {
+                scbk: KEY,
+                install_mode: false,
+            },
+        }],
+    );
+    bus.run_until("PD 1 secure with the new key", 20, is_online(1, true));
+}
