@@ -442,6 +442,36 @@ mod tests {
     }
 
     #[test]
+    fn osdp_link_figures_advance_by_what_changed() {
+        let (metrics, registry) = Metrics::new("1.2.3", "abc");
+        let mut stats = reader_protocol::osdp::LinkStats {
+            polls: 10,
+            retries: 1,
+            replies: 11,
+            last_reply_ms: Some(5),
+            offline_transitions: 0,
+        };
+        metrics.osdp_link("door-1", "online_secure", &stats);
+        stats.polls = 25;
+        stats.offline_transitions = 1;
+        metrics.osdp_link("door-1", "offline", &stats);
+        metrics.osdp_nak("door-1", 4);
+        let mut text = String::new();
+        encode(&mut text, &registry).unwrap();
+        for needle in [
+            "badge_agent_osdp_polls_total{reader=\"door-1\"} 25",
+            "badge_agent_osdp_retries_total{reader=\"door-1\"} 1",
+            "badge_agent_osdp_offline_transitions_total{reader=\"door-1\"} 1",
+            "badge_agent_osdp_secure_channel{reader=\"door-1\"} 0",
+            "badge_agent_osdp_online{reader=\"door-1\"} 0",
+            "badge_agent_osdp_naks_total{reader=\"door-1\",reason=\"unexpected_sqn\"} 1",
+            "badge_agent_osdp_last_reply_timestamp_seconds{reader=\"door-1\"}",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in\n{text}");
+        }
+    }
+
+    #[test]
     fn gauge_value_saturates() {
         assert_eq!(gauge_value(5), 5);
         assert_eq!(gauge_value(u64::MAX), i64::MAX);
