@@ -311,6 +311,8 @@ pub enum ReaderKind {
     Wiegand,
     /// Generated badges, for the demo and tests.
     Simulated,
+    /// An OSDP reader (PD) on an RS-485 bus; the agent is the bus's control panel.
+    Osdp,
 }
 
 impl fmt::Display for ReaderKind {
@@ -319,6 +321,7 @@ impl fmt::Display for ReaderKind {
             Self::Serial => "serial",
             Self::Wiegand => "wiegand",
             Self::Simulated => "simulated",
+            Self::Osdp => "osdp",
         })
     }
 }
@@ -379,6 +382,24 @@ pub struct ReaderConfig {
     pub facility: Option<u32>,
     /// simulated: how many distinct card numbers to cycle through.
     pub population: Option<u32>,
+
+    /// osdp: the reader's address on the bus (0–126).
+    pub address: Option<u8>,
+    /// osdp: poll interval of the bus (default 50 ms).
+    pub poll_interval_ms: Option<u64>,
+    /// osdp: reply timeout of the bus (default 200 ms).
+    pub reply_timeout_ms: Option<u64>,
+    /// osdp: a reader silent this long is off line (default 8000 ms).
+    pub offline_after_ms: Option<u64>,
+    /// osdp: file with the reader's secure-channel key (32 hex digits, mode 0600). Without it
+    /// the reader is run in plain text.
+    pub key_file: Option<PathBuf>,
+    /// osdp: a reader still on the default install key gets `key_file`'s key (osdp_KEYSET).
+    pub install_mode: Option<bool>,
+    /// osdp: flash the reader's LED green once a swipe is durable (default false).
+    pub feedback_led: Option<bool>,
+    /// osdp: beep once a swipe is durable (default false).
+    pub feedback_beep: Option<bool>,
 }
 
 impl ReaderConfig {
@@ -469,6 +490,8 @@ pub enum ReaderSource {
         /// End-of-frame silence.
         frame_timeout: Duration,
     },
+    /// An OSDP reader on an RS-485 bus.
+    Osdp(OsdpSettings),
     /// Generated badges.
     Simulated {
         /// Swipes per second.
@@ -480,6 +503,37 @@ pub enum ReaderSource {
         /// Distinct card numbers.
         population: u32,
     },
+}
+
+/// OSDP's baud rates.
+pub const OSDP_BAUD_RATES: [u32; 6] = [9600, 19200, 38400, 57600, 115_200, 230_400];
+
+/// A validated OSDP reader: its bus (shared with the other readers on the same device) and its
+/// own address, key, card format and feedback.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OsdpSettings {
+    /// RS-485 adapter.
+    pub device: PathBuf,
+    /// Baud rate of the bus.
+    pub baud: u32,
+    /// Address on the bus.
+    pub address: u8,
+    /// Bus poll interval.
+    pub poll_interval: Duration,
+    /// Bus reply timeout.
+    pub reply_timeout: Duration,
+    /// Bus off-line threshold.
+    pub offline_after: Duration,
+    /// Secure-channel key file (None: plain text).
+    pub key_file: Option<PathBuf>,
+    /// Provision the key on a reader still on the install key.
+    pub install_mode: bool,
+    /// Card format of `osdp_RAW` bits.
+    pub format: FormatChoice,
+    /// LED flash after a durable swipe.
+    pub feedback_led: bool,
+    /// Beep after a durable swipe.
+    pub feedback_beep: bool,
 }
 
 /// Settings of the line framing.
@@ -553,7 +607,7 @@ impl Config {
             return Err(ConfigError::invalid(
                 "reader",
                 "no [[reader]] entries",
-                "add at least one [[reader]] table (kind = \"serial\", \"wiegand\" or \"simulated\")",
+                "add at least one [[reader]] table (kind = \"serial\", \"wiegand\", \"osdp\" or \"simulated\")",
             ));
         }
         let mut seen = HashSet::new();
@@ -569,6 +623,7 @@ impl Config {
             }
             specs.push(reader.validate(&key)?);
         }
+        check_osdp_buses(&specs)?;
         Ok(specs)
     }
 }
@@ -692,6 +747,7 @@ impl ReaderConfig {
             ReaderKind::Serial => self.serial(key)?,
             ReaderKind::Wiegand => self.wiegand(key)?,
             ReaderKind::Simulated => self.simulated(key)?,
+            ReaderKind::Osdp => self.osdp(key)?,
         };
         Ok(ReaderSpec {
             id: self.id.clone(),
@@ -725,10 +781,46 @@ impl ReaderConfig {
             ("count", self.count.is_some(), Simulated),
             ("facility", self.facility.is_some(), Simulated),
             ("population", self.population.is_some(), Simulated),
+            ("address", self.address.is_some(), ReaderKind::Osdp),
+            (
+                "poll_interval_ms",
+                self.poll_interval_ms.is_some(),
+                ReaderKind::Osdp,
+            ),
+            (
+                "reply_timeout_ms",
+                self.reply_timeout_ms.is_some(),
+                ReaderKind::Osdp,
+            ),
+            (
+                "offline_after_ms",
+                self.offline_after_ms.is_some(),
+                ReaderKind::Osdp,
+            ),
+            ("key_file", self.key_file.is_some(), ReaderKind::Osdp),
+            (
+                "install_mode",
+                self.install_mode.is_some(),
+                ReaderKind::Osdp,
+            ),
+            (
+                "feedback_led",
+                self.feedback_led.is_some(),
+                ReaderKind::Osdp,
+            ),
+            (
+                "feedback_beep",
+                self.feedback_beep.is_some(),
+                ReaderKind::Osdp,
+            ),
         ];
+        // OSDP readers share `device`, `baud` and `format` with other kinds.
+        let shared = |name: &str| {
+            self.kind == ReaderKind::Osdp && matches!(name, "device" | "baud" | "format")
+        };
         match kind_keys
             .iter()
-            .find(|(_, is_set, owner)| *is_set && *owner != self.kind)
+            .find(|(name, is_set, owner)| *is_set && *owner != self.kind && !shared(name))
         {
             Some((name, _, owner)) => Err(ConfigError::invalid(
                 format!("{key}.{name}"),
@@ -844,6 +936,93 @@ impl ReaderConfig {
         })
     }
 
+    fn osdp(&self, key: &str) -> Result<ReaderSource, ConfigError> {
+        let device = self.device.clone().ok_or_else(|| {
+            ConfigError::invalid(
+                format!("{key}.device"),
+                "an osdp reader needs the RS-485 adapter's device",
+                "set it, preferably to a stable /dev/serial/by-id/... path",
+            )
+        })?;
+        let address = self.address.ok_or_else(|| {
+            ConfigError::invalid(
+                format!("{key}.address"),
+                "an osdp reader needs its bus address",
+                "set it to the address configured in the reader (0 to 126; `badge-agent osdp scan` lists them)",
+            )
+        })?;
+        if address > 126 {
+            return Err(ConfigError::invalid(
+                format!("{key}.address"),
+                format!("{address} is not an OSDP reader address (127 is broadcast)"),
+                "use 0 to 126",
+            ));
+        }
+        let baud = self.baud.unwrap_or(9600);
+        if !OSDP_BAUD_RATES.contains(&baud) {
+            return Err(ConfigError::invalid(
+                format!("{key}.baud"),
+                format!("{baud} is not an OSDP baud rate"),
+                "use 9600, 19200, 38400, 57600, 115200 or 230400 (9600 is the readers' default)",
+            ));
+        }
+        let ms =
+            |name: &str, value: Option<u64>, default: u64, range: std::ops::RangeInclusive<u64>| {
+                let v = value.unwrap_or(default);
+                if range.contains(&v) {
+                    Ok(Duration::from_millis(v))
+                } else {
+                    Err(ConfigError::invalid(
+                        format!("{key}.{name}"),
+                        format!("{v} ms is outside {} to {} ms", range.start(), range.end()),
+                        format!("{default} is the default"),
+                    ))
+                }
+            };
+        let poll_interval = ms("poll_interval_ms", self.poll_interval_ms, 50, 10..=5000)?;
+        let reply_timeout = ms("reply_timeout_ms", self.reply_timeout_ms, 200, 20..=2000)?;
+        let offline_after = ms(
+            "offline_after_ms",
+            self.offline_after_ms,
+            8000,
+            500..=120_000,
+        )?;
+        if offline_after < reply_timeout * 2 {
+            return Err(ConfigError::invalid(
+                format!("{key}.offline_after_ms"),
+                "shorter than two reply timeouts: one lost reply would take the reader off line",
+                "keep the default 8000, or at least twice reply_timeout_ms",
+            ));
+        }
+        let install_mode = self.install_mode.unwrap_or(false);
+        if install_mode && self.key_file.is_none() {
+            return Err(ConfigError::invalid(
+                format!("{key}.install_mode"),
+                "install mode gives the reader the key of key_file, and there is none",
+                "set key_file (32 hex digits, chmod 600), or remove install_mode",
+            ));
+        }
+        let format = match &self.format {
+            None => FormatChoice::Auto,
+            Some(name) => name.parse().map_err(|err| {
+                ConfigError::invalid(format!("{key}.format"), format!("`{name}`: {err}"), "pick one of the listed names; the format is printed on the card order or the reader's label")
+            })?,
+        };
+        Ok(ReaderSource::Osdp(OsdpSettings {
+            device,
+            baud,
+            address,
+            poll_interval,
+            reply_timeout,
+            offline_after,
+            key_file: self.key_file.clone(),
+            install_mode,
+            format,
+            feedback_led: self.feedback_led.unwrap_or(false),
+            feedback_beep: self.feedback_beep.unwrap_or(false),
+        }))
+    }
+
     fn simulated(&self, key: &str) -> Result<ReaderSource, ConfigError> {
         let rate_per_sec = self.rate_per_sec.unwrap_or(1.0);
         if !(rate_per_sec > 0.0 && rate_per_sec <= 100_000.0) {
@@ -876,6 +1055,54 @@ impl ReaderConfig {
             population,
         })
     }
+}
+
+/// Readers on one OSDP bus (same device) must agree on the bus settings and have distinct
+/// addresses.
+fn check_osdp_buses(specs: &[ReaderSpec]) -> Result<(), ConfigError> {
+    let osdp: Vec<(usize, &OsdpSettings)> = specs
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| match &s.source {
+            ReaderSource::Osdp(o) => Some((i, o)),
+            _ => None,
+        })
+        .collect();
+    for (n, (i, a)) in osdp.iter().enumerate() {
+        for (j, b) in osdp.iter().take(n) {
+            if a.device != b.device {
+                continue;
+            }
+            if a.address == b.address {
+                return Err(ConfigError::invalid(
+                    format!("reader[{i}].address"),
+                    format!(
+                        "address {} is also used by reader `{}` on the bus {}",
+                        a.address,
+                        specs[*j].id,
+                        a.device.display()
+                    ),
+                    "give every reader on one bus its own address (set in the reader)",
+                ));
+            }
+            let same_bus = a.baud == b.baud
+                && a.poll_interval == b.poll_interval
+                && a.reply_timeout == b.reply_timeout
+                && a.offline_after == b.offline_after;
+            if !same_bus {
+                return Err(ConfigError::invalid(
+                    format!("reader[{i}]"),
+                    format!(
+                        "baud / poll_interval_ms / reply_timeout_ms / offline_after_ms differ from reader `{}` on the same bus {}",
+                        specs[*j].id,
+                        a.device.display()
+                    ),
+                    "readers sharing a device are one bus: give them the same bus settings",
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Ids end up in channel names, event ids and metric labels: keep them boring.
@@ -1011,9 +1238,9 @@ mod tests {
 
     #[test]
     fn unknown_reader_kind_is_named() {
-        let err = Config::parse("gateway_id = \"gw\"\n[[reader]]\nid = \"r\"\nkind = \"osdp\"\n")
+        let err = Config::parse("gateway_id = \"gw\"\n[[reader]]\nid = \"r\"\nkind = \"nfc\"\n")
             .unwrap_err();
-        assert!(err.to_string().contains("osdp"), "{err}");
+        assert!(err.to_string().contains("nfc"), "{err}");
     }
 
     #[test]
@@ -1137,7 +1364,83 @@ mod tests {
             .to_string();
         assert!(message.contains("4194304"), "{message}");
     }
+
+    #[test]
+    fn osdp_readers_validate_per_bus() {
+        let base = "gateway_id = \"gw\"\n";
+        let osdp = |id: &str, dev: &str, addr: u8, extra: &str| {
+            format!("[[reader]]\nid = \"{id}\"\nkind = \"osdp\"\ndevice = \"{dev}\"\naddress = {addr}\n{extra}")
+        };
+        let ok = format!(
+            "{base}{}{}{}",
+            osdp(
+                "a",
+                "/dev/rs485",
+                1,
+                "key_file = \"/k\"\ninstall_mode = true\nformat = \"h10301\"\nbaud = 19200\n"
+            ),
+            osdp("b", "/dev/rs485", 2, "baud = 19200\n"),
+            osdp("c", "/dev/other", 1, "")
+        );
+        let specs = Config::parse(&ok).unwrap().validate().unwrap();
+        let ReaderSource::Osdp(a) = &specs[0].source else {
+            panic!("{specs:?}")
+        };
+        assert_eq!((a.address, a.baud, a.install_mode), (1, 19200, true));
+        assert_eq!(a.offline_after, Duration::from_secs(8));
+        assert!(
+            !a.feedback_led && !a.feedback_beep,
+            "feedback is off by default"
+        );
+
+        let cases = [
+            (
+                format!(
+                    "{base}{}{}",
+                    osdp("a", "/dev/x", 3, ""),
+                    osdp("b", "/dev/x", 3, "")
+                ),
+                "reader[1].address",
+            ),
+            (
+                format!("{base}{}", osdp("a", "/dev/x", 3, "baud = 14400\n")),
+                "reader[0].baud",
+            ),
+            (
+                format!("{base}{}", osdp("a", "/dev/x", 127, "")),
+                "reader[0].address",
+            ),
+            (
+                format!("{base}{}", osdp("a", "/dev/x", 3, "install_mode = true\n")),
+                "reader[0].install_mode",
+            ),
+            (
+                format!(
+                    "{base}{}{}",
+                    osdp("a", "/dev/x", 1, ""),
+                    osdp("b", "/dev/x", 2, "baud = 19200\n")
+                ),
+                "reader[1]",
+            ),
+            (
+                format!("{base}{}", osdp("a", "/dev/x", 1, "framing = \"line\"\n")),
+                "reader[0].framing",
+            ),
+            (
+                format!(
+                    "{base}{}",
+                    osdp("a", "/dev/x", 1, "offline_after_ms = 300\n")
+                ),
+                "reader[0].offline_after_ms",
+            ),
+        ];
+        for (text, key) in cases {
+            let err = Config::parse(&text).unwrap().validate().unwrap_err();
+            assert!(err.to_string().contains(key), "{key}: {err}");
+        }
+    }
 }
+
 
 /// `[heartbeat]`: a `heartbeat` row every `interval_secs`, so the Snowflake side can tell a quiet
 /// door from a dead gateway. Heartbeats yield to swipes: skipped (and counted) when the buffer

@@ -69,12 +69,18 @@
 //!
 //! `std` (default; implies `alloc`), `alloc` (nothing needs it yet), `hal` (drive the assembler
 //! from `embedded-hal` 1.0 input pins on a microcontroller: [`wiegand::hal::HalWiegand`]),
-//! `serde` (serialise events).
+//! `serde` (serialise events), `osdp` (an OSDP control panel: [`osdp::ControlPanel`], needs an
+//! allocator).
 #![cfg_attr(not(any(feature = "std", test)), no_std)]
+
+#[cfg(feature = "alloc")]
+extern crate alloc;
 
 pub mod bits;
 pub mod dedup;
 pub mod event;
+#[cfg(feature = "osdp")]
+pub mod osdp;
 pub mod serial;
 pub mod wiegand;
 

@@ -2,6 +2,7 @@
 
 pub mod faults;
 pub mod harness;
+pub mod osdp_sim;
 pub mod pyenv;
 pub mod sdk_venv;
 pub mod serial_sim;

@@ -5,6 +5,7 @@ mod decode;
 mod demo;
 mod doctor;
 mod keygen;
+mod osdp;
 mod run;
 mod status;
 mod update;
@@ -74,6 +75,8 @@ pub enum Command {
     },
     /// Decode reader bytes or Wiegand bits and print the result as JSON (for field technicians).
     Decode(decode::DecodeArgs),
+    /// OSDP bus tools: list readers, set a reader's secure-channel key, make a key file.
+    Osdp(osdp::OsdpArgs),
 }
 
 /// Entry point of the binary.
@@ -90,6 +93,7 @@ pub fn main() -> ExitCode {
         Command::Validate => validate::run(&cli.config),
         Command::Status { json } => status::run(&cli.config, *json),
         Command::Decode(args) => decode::run(args),
+        Command::Osdp(args) => osdp::run(args),
     };
     match result {
         Ok(code) => code,

@@ -42,6 +42,18 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
                 "wiegand {} D0={d0} D1={d1}, format {format}",
                 chip.display()
             ),
+            ReaderSource::Osdp(o) => format!(
+                "osdp {} @ {} baud, address {}, {}, format {}",
+                o.device.display(),
+                o.baud,
+                o.address,
+                if o.key_file.is_some() {
+                    "secure channel"
+                } else {
+                    "PLAIN TEXT (no key_file)"
+                },
+                o.format
+            ),
             ReaderSource::Simulated { rate_per_sec, .. } => {
                 format!("simulated, {rate_per_sec} swipes/s")
             }

@@ -94,6 +94,49 @@ pub struct Metrics {
     pub storage_flush_duration_seconds: Histogram,
     /// Non-contiguous sequence numbers seen while draining.
     pub offset_gap: Counter,
+    /// OSDP readers' link figures.
+    pub osdp: OsdpMetrics,
+}
+
+/// `{reader,reason}` labels of OSDP NAKs.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NakLabels {
+    /// Reader id from the configuration.
+    pub reader: String,
+    /// `bad_check`, `unexpected_sqn`, `encryption_required`, … (`code_N` for others).
+    pub reason: String,
+}
+
+/// Per-reader OSDP link metrics (`badge_agent_osdp_*`).
+#[derive(Debug, Default)]
+pub struct OsdpMetrics {
+    /// `osdp_POLL`s sent.
+    pub polls: Family<ReaderLabel, Counter>,
+    /// Commands sent again after a reply timeout.
+    pub retries: Family<ReaderLabel, Counter>,
+    /// NAKs by reason.
+    pub naks: Family<NakLabels, Counter>,
+    /// 1 while the secure channel is up.
+    pub secure_channel: Family<ReaderLabel, Gauge>,
+    /// 1 while the reader is on line.
+    pub online: Family<ReaderLabel, Gauge>,
+    /// On line → off line transitions.
+    pub offline_transitions: Family<ReaderLabel, Counter>,
+    /// When the reader last sent a valid reply (Unix seconds).
+    pub last_reply_timestamp_seconds: Family<ReaderLabel, FloatGauge>,
+    /// Reply count at the last update, per reader (to see new replies).
+    replies: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+}
+
+impl OsdpMetrics {
+    fn replies_seen(&self, label: &ReaderLabel, total: u64) -> bool {
+        let mut map = self
+            .replies
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let prev = map.insert(label.reader.clone(), total).unwrap_or(0);
+        total > prev
+    }
 }
 
 impl Metrics {
@@ -124,6 +167,7 @@ impl Metrics {
             // 0.25 ms .. ~4 s: an SD card that needs seconds to fsync is dying.
             storage_flush_duration_seconds: Histogram::new(exponential_buckets(0.000_25, 2.0, 15)),
             offset_gap: Counter::default(),
+            osdp: OsdpMetrics::default(),
         };
         let mut registry = Registry::with_prefix("badge_agent");
         let r = &mut registry;
@@ -237,6 +281,34 @@ impl Metrics {
             "Non-contiguous sequence numbers seen while draining",
             metrics.offset_gap.clone(),
         );
+        let o = &metrics.osdp;
+        r.register("osdp_polls", "OSDP polls sent, per reader", o.polls.clone());
+        r.register(
+            "osdp_retries",
+            "OSDP commands resent after a reply timeout",
+            o.retries.clone(),
+        );
+        r.register("osdp_naks", "OSDP NAKs received, by reason", o.naks.clone());
+        r.register(
+            "osdp_secure_channel",
+            "1 while the reader's OSDP secure channel is up",
+            o.secure_channel.clone(),
+        );
+        r.register(
+            "osdp_online",
+            "1 while the OSDP reader answers polls",
+            o.online.clone(),
+        );
+        r.register(
+            "osdp_offline_transitions",
+            "OSDP reader on line -> off line transitions",
+            o.offline_transitions.clone(),
+        );
+        r.register(
+            "osdp_last_reply_timestamp_seconds",
+            "When the OSDP reader last replied (Unix seconds)",
+            o.last_reply_timestamp_seconds.clone(),
+        );
         r.register(
             "build",
             "Version of the running agent",
@@ -246,6 +318,71 @@ impl Metrics {
             ]),
         );
         (metrics, registry)
+    }
+
+    /// Applies an OSDP link's figures (counters advance by what changed since the last call).
+    pub fn osdp_link(&self, reader: &str, state: &str, stats: &reader_protocol::osdp::LinkStats) {
+        let label = ReaderLabel {
+            reader: reader.to_owned(),
+        };
+        let advance = |c: &Counter, total: u64| {
+            c.inc_by(total.saturating_sub(c.get()));
+        };
+        advance(&self.osdp.polls.get_or_create(&label), stats.polls);
+        advance(&self.osdp.retries.get_or_create(&label), stats.retries);
+        advance(
+            &self.osdp.offline_transitions.get_or_create(&label),
+            stats.offline_transitions,
+        );
+        let online = matches!(state, "online_plain" | "online_secure");
+        self.osdp
+            .online
+            .get_or_create(&label)
+            .set(i64::from(online));
+        self.osdp
+            .secure_channel
+            .get_or_create(&label)
+            .set(i64::from(state == "online_secure"));
+        let replies = self.osdp.replies_seen(&label, stats.replies);
+        if replies {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64());
+            self.osdp
+                .last_reply_timestamp_seconds
+                .get_or_create(&label)
+                .set(now);
+        }
+    }
+
+    /// Sets the secure-channel gauge at once (a state change, between periodic updates).
+    pub fn osdp_secure(&self, reader: &str, up: bool) {
+        self.osdp
+            .secure_channel
+            .get_or_create(&ReaderLabel {
+                reader: reader.to_owned(),
+            })
+            .set(i64::from(up));
+    }
+
+    /// Counts an OSDP NAK.
+    pub fn osdp_nak(&self, reader: &str, code: u8) {
+        let reason = match code {
+            1 => "bad_check".to_owned(),
+            2 => "command_length".to_owned(),
+            3 => "unknown_command".to_owned(),
+            4 => "unexpected_sqn".to_owned(),
+            5 => "security_block_unsupported".to_owned(),
+            6 => "encryption_required".to_owned(),
+            other => format!("code_{other}"),
+        };
+        self.osdp
+            .naks
+            .get_or_create(&NakLabels {
+                reader: reader.to_owned(),
+                reason,
+            })
+            .inc();
     }
 
     /// Counts a reader error.
@@ -307,6 +444,36 @@ mod tests {
             "badge_agent_build_info{version=\"1.2.3\",commit=\"abc\"} 1",
             "badge_agent_storage_flush_duration_seconds_bucket",
             "badge_agent_buffer_oldest_record_timestamp_seconds",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn osdp_link_figures_advance_by_what_changed() {
+        let (metrics, registry) = Metrics::new("1.2.3", "abc");
+        let mut stats = reader_protocol::osdp::LinkStats {
+            polls: 10,
+            retries: 1,
+            replies: 11,
+            last_reply_ms: Some(5),
+            offline_transitions: 0,
+        };
+        metrics.osdp_link("door-1", "online_secure", &stats);
+        stats.polls = 25;
+        stats.offline_transitions = 1;
+        metrics.osdp_link("door-1", "offline", &stats);
+        metrics.osdp_nak("door-1", 4);
+        let mut text = String::new();
+        encode(&mut text, &registry).unwrap();
+        for needle in [
+            "badge_agent_osdp_polls_total{reader=\"door-1\"} 25",
+            "badge_agent_osdp_retries_total{reader=\"door-1\"} 1",
+            "badge_agent_osdp_offline_transitions_total{reader=\"door-1\"} 1",
+            "badge_agent_osdp_secure_channel{reader=\"door-1\"} 0",
+            "badge_agent_osdp_online{reader=\"door-1\"} 0",
+            "badge_agent_osdp_naks_total{reader=\"door-1\",reason=\"unexpected_sqn\"} 1",
+            "badge_agent_osdp_last_reply_timestamp_seconds{reader=\"door-1\"}",
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }

@@ -6,6 +6,7 @@
 //! waits until it is durable. Reader trouble (unplugged adapter, noise, parity errors) is
 //! counted, logged and retried — never fatal to the agent.
 
+pub mod osdp;
 pub mod serial;
 pub mod simulated;
 pub mod wiegand;
@@ -43,11 +44,13 @@ pub fn spawn(
         ReaderSource::Serial { .. } => "serial",
         ReaderSource::Wiegand { .. } => "wiegand",
         ReaderSource::Simulated { .. } => "simulated",
+        ReaderSource::Osdp(_) => "osdp",
     };
     health.update_reader(&spec.id, |r| r.kind = kind.to_owned());
     let heartbeat = health.heartbeat(&format!("reader:{}", spec.id));
     let emitter = Emitter::new(spec.clone(), health, committer, heartbeat);
     match spec.source {
+        ReaderSource::Osdp(settings) => tokio::spawn(osdp::run(emitter, settings, shutdown)),
         ReaderSource::Serial {
             device,
             baud,
@@ -144,6 +147,7 @@ impl Emitter {
         let source = match spec.source {
             ReaderSource::Wiegand { .. } => Source::Wiegand,
             ReaderSource::Serial { .. } | ReaderSource::Simulated { .. } => Source::Serial,
+            ReaderSource::Osdp(_) => Source::Osdp,
         };
         let rearm_ns = u64::try_from(spec.dedup_window.as_nanos()).unwrap_or(u64::MAX);
         let dedup = Dedup::new(DedupPolicy {
@@ -294,6 +298,46 @@ impl AckReport {
                 self.health.update_reader(&self.reader, |r| {
                     r.last_error = Some(format!("swipe not stored: {err}"));
                 });
+                None
+            }
+        }
+    }
+}
+
+impl Emitter {
+    /// Stores a row without a credential (tamper, reader off line, secure-channel failure):
+    /// `detail` says what happened. Not deduplicated or rate-limited — callers report changes.
+    pub async fn emit_status(
+        &mut self,
+        event_type: EventType,
+        detail: String,
+        _mono_ns: u64,
+    ) -> Option<u64> {
+        self.beat();
+        let record = SwipeRecord {
+            event_type,
+            reader_id: self.spec.id.clone(),
+            zone_id: self.spec.zone.clone(),
+            door_id: self.spec.door.clone(),
+            direction: self.spec.direction,
+            credential: None,
+            format: None,
+            facility_code: None,
+            card_number: None,
+            raw_bits: None,
+            bit_count: None,
+            detail: Some(detail),
+            swiped_at_ms: clock::now_unix_ms(),
+            clock_synced: clock::clock_synced(),
+            agent_version: AGENT_VERSION.to_owned(),
+        };
+        match self.committer.commit(record).await {
+            Ok(seq) => {
+                tracing::debug!(reader = %self.spec.id, seq, ?event_type, credential = "-", "swipe durable");
+                Some(seq)
+            }
+            Err(err) => {
+                tracing::error!(reader = %self.spec.id, error = %err, "status row NOT stored");
                 None
             }
         }

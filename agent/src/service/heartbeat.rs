@@ -13,9 +13,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 
-use crate::buffer::Submission;
+use crate::buffer::{BufferError, Submission, Waiter};
 use crate::health::{BufferStatus, Health, ReaderStatus};
 use crate::row::{EventType, SwipeRecord};
 
@@ -134,20 +134,20 @@ pub async fn run(
             skipped,
             crate::readers::AGENT_VERSION,
         );
-        let (ack_tx, ack_rx) = oneshot::channel();
-        match committer.try_send((rec, ack_tx)) {
+        let (waiter, pending) = Waiter::new();
+        match committer.try_send((rec, waiter)) {
             Ok(()) => {
-                match ack_rx.await {
-                    Ok(Ok(seq)) => {
+                match pending.wait().await {
+                    Ok(seq) => {
                         tracing::debug!(seq, "heartbeat buffered");
                         skipped = 0;
                     }
                     // Refused by the full policy or an I/O error: count it, swipes are unaffected.
-                    Ok(Err(err)) => {
+                    Err(BufferError::Closed) => return, // committer stopped: shutting down
+                    Err(err) => {
                         skipped += 1;
                         tracing::warn!(error = %err, skipped, "heartbeat not buffered");
                     }
-                    Err(_) => return, // committer stopped: shutting down
                 }
             }
             Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
