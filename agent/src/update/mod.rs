@@ -73,7 +73,7 @@ pub use artifact::{
     sign_artifact, sign_bytes, signature_path, verify_bytes, Artifact, FileEntry, Manifest, FORMAT,
     MANIFEST_NAME, MAX_ARTIFACT_BYTES, MIN_KEY_BITS,
 };
-pub use system::{ReadyzProbe, Systemctl};
+pub use system::{effective_uid, ReadyzProbe, Systemctl};
 
 use layout::{Pending, CURRENT, PREVIOUS, STAGING_PREFIX};
 

@@ -7,6 +7,13 @@ use std::time::Duration;
 
 use super::{HealthProbe, ServiceManager};
 
+/// The effective user id of this process (root checks: the updater, `doctor`).
+#[allow(unsafe_code)]
+pub fn effective_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions, cannot fail and touches no memory of ours.
+    unsafe { libc::geteuid() }
+}
+
 /// Drives systemd through `systemctl` (the update unit runs as root, so no polkit is involved).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Systemctl;
