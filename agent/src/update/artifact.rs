@@ -11,7 +11,7 @@ use std::path::{Component, Path, PathBuf};
 use rsa::pkcs1::{DecodeRsaPrivateKey, DecodeRsaPublicKey};
 use rsa::pkcs1v15::{Signature, SigningKey, VerifyingKey};
 use rsa::pkcs8::{DecodePrivateKey, DecodePublicKey};
-use rsa::signature::{SignatureEncoding, Signer, Verifier};
+use rsa::signature::{RandomizedSigner, SignatureEncoding, Verifier};
 use rsa::traits::PublicKeyParts;
 use rsa::{RsaPrivateKey, RsaPublicKey};
 use semver::Version;
@@ -145,8 +145,23 @@ pub fn load_private_key(path: &Path) -> Result<RsaPrivateKey, UpdateError> {
 }
 
 /// Signs `data` (RSASSA-PKCS1-v1_5 with SHA-256); returns the raw signature bytes.
+///
+/// The private-key operation is blinded with fresh randomness from the OS (RUSTSEC-2023-0071:
+/// the `rsa` crate's unblinded path leaks timing about the key). PKCS#1 v1.5 signatures are
+/// deterministic, so blinding changes nothing in the output.
 pub fn sign_bytes(data: &[u8], key: &RsaPrivateKey) -> Vec<u8> {
-    SigningKey::<Sha256>::new(key.clone()).sign(data).to_vec()
+    sign_bytes_with_rng(data, key, &mut rsa::rand_core::OsRng)
+}
+
+/// [`sign_bytes`] with the blinding randomness drawn from `rng` (a CSPRNG).
+pub fn sign_bytes_with_rng(
+    data: &[u8],
+    key: &RsaPrivateKey,
+    rng: &mut impl rsa::rand_core::CryptoRngCore,
+) -> Vec<u8> {
+    SigningKey::<Sha256>::new(key.clone())
+        .sign_with_rng(rng, data)
+        .to_vec()
 }
 
 /// Checks a raw RSASSA-PKCS1-v1_5/SHA-256 signature of `data`.

@@ -34,11 +34,13 @@
 //! RSASSA-PKCS1-v1_5 with SHA-256 via the `rsa` crate: the agent already carries that stack for
 //! Snowflake's RS256 key-pair JWTs, so updates add no second crypto library, and the signature
 //! format is what `openssl dgst -sha256 -sign` writes, so release scripts can use stock openssl.
-//! PKCS#1 v1.5 signatures are deterministic and have no practical weakness when verified with a
-//! strict decoder (as `rsa` does); PSS would buy nothing here. RUSTSEC-2023-0071 (Marvin, a timing
-//! side channel) concerns *private-key* operations: the gateway only ever verifies with a public key;
-//! signing happens on a release machine ([`sign_artifact`]), which must not be exposed to
-//! attacker-timed requests.
+//! PKCS#1 v1.5 signatures have no practical weakness when verified with a strict decoder (as
+//! `rsa` does); PSS would buy nothing here. RUSTSEC-2023-0071 (Marvin, a timing side channel in
+//! the `rsa` crate's private-key operation) applies to *signing*: [`sign_artifact`] therefore
+//! blinds every signature with fresh OS randomness ([`sign_bytes_with_rng`]), which hides the
+//! key-dependent timing the advisory describes; the output is unchanged (PKCS#1 v1.5 is
+//! deterministic). The gateway itself only ever verifies with a public key. Still, sign on a
+//! release machine that does not answer attacker-timed requests.
 //!
 //! # The buffer is never touched
 //!
@@ -75,7 +77,7 @@ use semver::Version;
 
 pub use artifact::{
     load_private_key, load_public_key, pack, pack_dir, parse, read_verified, sha256_hex,
-    sign_artifact, sign_bytes, signature_path, verify_bytes, Artifact,
+    sign_artifact, sign_bytes, sign_bytes_with_rng, signature_path, verify_bytes, Artifact,
     FileEntry, Manifest, FORMAT, MANIFEST_NAME, MAX_ARTIFACT_BYTES, MAX_SIGNATURE_BYTES,
     MIN_KEY_BITS,
 };

@@ -993,3 +993,42 @@ fn readyz_probe_accepts_only_200() {
         .unwrap();
     assert!(ReadyzProbe::new(port).check().is_err());
 }
+
+/// Counts how often the signer draws randomness (blinding draws some for every signature).
+struct CountingRng(u64);
+
+impl rsa::rand_core::RngCore for CountingRng {
+    fn next_u32(&mut self) -> u32 {
+        self.0 += 1;
+        rsa::rand_core::OsRng.next_u32()
+    }
+    fn next_u64(&mut self) -> u64 {
+        self.0 += 1;
+        rsa::rand_core::OsRng.next_u64()
+    }
+    fn fill_bytes(&mut self, dest: &mut [u8]) {
+        self.0 += 1;
+        rsa::rand_core::OsRng.fill_bytes(dest);
+    }
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rsa::rand_core::Error> {
+        self.0 += 1;
+        rsa::rand_core::OsRng.try_fill_bytes(dest)
+    }
+}
+
+impl rsa::rand_core::CryptoRng for CountingRng {}
+
+#[test]
+fn release_signatures_are_blinded() {
+    let data = artifact_bytes("1.0.0", "aarch64");
+    let mut rng = CountingRng(0);
+    let blinded = sign_bytes_with_rng(&data, release_key(), &mut rng);
+    assert!(
+        rng.0 > 0,
+        "the private-key operation drew no randomness: it is not blinded"
+    );
+    let public = RsaPublicKey::from(release_key());
+    verify_bytes(&data, &blinded, &public).unwrap();
+    // PKCS#1 v1.5 is deterministic: blinding does not change the signature openssl would write.
+    assert_eq!(blinded, sign_bytes(&data, release_key()));
+}
