@@ -513,7 +513,7 @@ impl Config {
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
         toml::from_str(text).map_err(|err| ConfigError::Parse {
             path: PathBuf::from("<config>"),
-            message: err.to_string().trim_end().to_owned(),
+            message: describe_toml_error(text, &err),
         })
     }
 
@@ -838,6 +838,61 @@ impl ReaderConfig {
     }
 }
 
+/// Words that mark a key whose value may be a secret (proxy URLs carry credentials).
+const SECRET_KEY_WORDS: &[&str] = &[
+    "proxy",
+    "key",
+    "token",
+    "secret",
+    "password",
+    "passwd",
+    "credential",
+    "auth",
+];
+
+/// The parser's message and the offending line, like toml's own rendering, except that a line
+/// naming a secret-bearing key shows `<redacted>` instead of its value (error messages end up in
+/// terminals, tickets and the journal).
+fn describe_toml_error(text: &str, err: &toml::de::Error) -> String {
+    let message = err.message().trim_end();
+    let Some(span) = err.span() else {
+        return message.to_owned();
+    };
+    let start = (0..=span.start.min(text.len()))
+        .rev()
+        .find(|i| text.is_char_boundary(*i))
+        .unwrap_or(0);
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[start..].find('\n').map_or(text.len(), |i| start + i);
+    let line_no = text[..start].matches('\n').count() + 1;
+    let column = text[line_start..start].chars().count() + 1;
+    let line = text[line_start..line_end].trim_end_matches('\r');
+    let (shown, message) = match redact_line(line) {
+        Some((shown, value)) => {
+            let value = value.trim().trim_matches(|c| c == '"' || c == '\'');
+            let message = if value.is_empty() {
+                message.to_owned()
+            } else {
+                message.replace(value, "<redacted>")
+            };
+            (shown, message)
+        }
+        None => (line.to_owned(), message.to_owned()),
+    };
+    format!("line {line_no}, column {column}: {message}\n  {line_no} | {shown}")
+}
+
+/// `Some((line with the value replaced, the value))` when `line` assigns anything to (or inside)
+/// a key whose name suggests a secret.
+fn redact_line(line: &str) -> Option<(String, &str)> {
+    let (key, value) = line.split_once('=')?;
+    let lower = line.to_ascii_lowercase();
+    SECRET_KEY_WORDS
+        .iter()
+        .any(|w| lower.contains(w))
+        .then(|| (format!("{} = <redacted>", key.trim_end()), value))
+}
+
 /// Ids end up in channel names, event ids and metric labels: keep them boring.
 fn check_id(key: &str, value: &str) -> Result<(), ConfigError> {
     let ok = !value.is_empty()
@@ -974,6 +1029,31 @@ mod tests {
         let err = Config::parse("gateway_id = \"gw\"\n[[reader]]\nid = \"r\"\nkind = \"osdp\"\n")
             .unwrap_err();
         assert!(err.to_string().contains("osdp"), "{err}");
+    }
+
+    #[test]
+    fn parse_errors_never_echo_secret_values() {
+        let cases = [
+            "gateway_id = \"gw\"\n[snowflake]\nproxy = \"http://user:hunter2@proxy:3128\" junk\n",
+            "gateway_id = \"gw\"\n[snowflake]\nproxy = \"http://user:hunter2@proxy:3128\n",
+            "gateway_id = \"gw\"\nsnowflake = { proxy = \"http://u:hunter2@p\", user = 5x }\n",
+            "gateway_id = \"gw\"\n[snowflake]\napi_token = 'hunter2' 'again'\n",
+            "gateway_id = \"gw\"\n[snowflake]\nproxy = 12hunter2\n",
+        ];
+        for text in cases {
+            let err = Config::parse(text).unwrap_err().to_string();
+            assert!(!err.contains("hunter2"), "{err}");
+            assert!(err.contains("<redacted>"), "{err}");
+            assert!(err.contains("line "), "{err}");
+        }
+        // Other lines are still shown as written, so the operator sees what to fix.
+        let err = Config::parse("gateway_id = \"gw\"\nbuffer = { max_bytes = 12x }\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("line 2") && err.contains("max_bytes = 12x"),
+            "{err}"
+        );
     }
 
     #[test]
