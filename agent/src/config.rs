@@ -47,6 +47,11 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/badge-agent/config.toml";
 pub const DEFAULT_BUFFER_PATH: &str = "/var/lib/badge-agent/buffer";
 /// Metrics and health listener: loopback only unless the operator decides otherwise.
 pub const DEFAULT_HEALTH_LISTEN: &str = "127.0.0.1:9464";
+/// The agent's private status socket with the default buffer location: in the unit's
+/// `RuntimeDirectory=` (`$RUNTIME_DIRECTORY`, owner-only).
+pub const DEFAULT_HEALTH_SOCKET: &str = "/run/badge-agent/agent.sock";
+/// `sun_path` holds 108 bytes including the terminating NUL.
+const MAX_SOCKET_PATH_BYTES: usize = 107;
 
 /// A configuration problem, phrased for the person who has to fix the file.
 #[derive(Debug, thiserror::Error)]
@@ -267,11 +272,32 @@ pub struct HealthConfig {
     /// Address of `/metrics`, `/livez`, `/readyz`, `/status`. Keep it on loopback.
     #[serde(default = "HealthConfig::default_listen")]
     pub listen: String,
+    /// The agent's private Unix socket (same routes, owner-only) used by `badge-agent status`
+    /// and the updater's health gate. Default: see [`HealthConfig::resolved_socket`].
+    pub socket: Option<PathBuf>,
 }
 
 impl HealthConfig {
     fn default_listen() -> String {
         DEFAULT_HEALTH_LISTEN.to_owned()
+    }
+
+    /// The private socket: the configured one; else [`DEFAULT_HEALTH_SOCKET`] when the buffer is
+    /// in its default place (a systemd install); else `agent.sock` beside the buffer directory,
+    /// which works for a run outside systemd. Depends only on the file (and `$STATE_DIRECTORY`
+    /// as the buffer does), so the agent and its tools always agree.
+    pub fn resolved_socket(&self, buffer: &BufferConfig) -> PathBuf {
+        if let Some(socket) = &self.socket {
+            return socket.clone();
+        }
+        let buffer_dir = buffer.resolved_path();
+        if buffer_dir == Path::new(DEFAULT_BUFFER_PATH) {
+            return PathBuf::from(DEFAULT_HEALTH_SOCKET);
+        }
+        match buffer_dir.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent.join("agent.sock"),
+            _ => PathBuf::from("agent.sock"),
+        }
     }
 }
 
@@ -279,6 +305,7 @@ impl Default for HealthConfig {
     fn default() -> Self {
         Self {
             listen: Self::default_listen(),
+            socket: None,
         }
     }
 }
@@ -531,6 +558,18 @@ impl Config {
                 "write it like 127.0.0.1:9464",
             )
         })?;
+        let socket = self.health.resolved_socket(&self.buffer);
+        let relative = self.health.socket.is_some() && !socket.is_absolute();
+        if relative || socket.as_os_str().len() > MAX_SOCKET_PATH_BYTES {
+            return Err(ConfigError::invalid(
+                "health.socket",
+                format!(
+                    "`{}` is not an absolute path of at most {MAX_SOCKET_PATH_BYTES} bytes",
+                    socket.display()
+                ),
+                "set health.socket to a short absolute path in a directory only the agent's user can write, e.g. /run/badge-agent/agent.sock",
+            ));
+        }
         if self.readers.is_empty() {
             return Err(ConfigError::invalid(
                 "reader",
@@ -1016,22 +1055,6 @@ mod tests {
     }
 
     #[test]
-    fn wrong_type_is_named() {
-        let err = Config::parse(
-            "gateway_id = \"gw\"\n[[reader]]\nid = \"r\"\nkind = \"serial\"\nbaud = \"fast\"\n",
-        )
-        .unwrap_err();
-        assert!(err.to_string().contains("baud"), "{err}");
-    }
-
-    #[test]
-    fn unknown_reader_kind_is_named() {
-        let err = Config::parse("gateway_id = \"gw\"\n[[reader]]\nid = \"r\"\nkind = \"osdp\"\n")
-            .unwrap_err();
-        assert!(err.to_string().contains("osdp"), "{err}");
-    }
-
-    #[test]
     fn parse_errors_never_echo_secret_values() {
         let cases = [
             "gateway_id = \"gw\"\n[snowflake]\nproxy = \"http://user:hunter2@proxy:3128\" junk\n",
@@ -1054,6 +1077,22 @@ mod tests {
             err.contains("line 2") && err.contains("max_bytes = 12x"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        let err = Config::parse(
+            "gateway_id = \"gw\"\n[[reader]]\nid = \"r\"\nkind = \"serial\"\nbaud = \"fast\"\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("baud"), "{err}");
+    }
+
+    #[test]
+    fn unknown_reader_kind_is_named() {
+        let err = Config::parse("gateway_id = \"gw\"\n[[reader]]\nid = \"r\"\nkind = \"osdp\"\n")
+            .unwrap_err();
+        assert!(err.to_string().contains("osdp"), "{err}");
     }
 
     #[test]
@@ -1106,6 +1145,14 @@ mod tests {
                 "reader[0].rate_per_sec",
             ),
             (
+                &format!("{base}[health]\nsocket = \"relative.sock\"\n[[reader]]\nid = \"a\"\nkind = \"simulated\"\n"),
+                "health.socket",
+            ),
+            (
+                &format!("{base}[health]\nsocket = \"/{}/agent.sock\"\n[[reader]]\nid = \"a\"\nkind = \"simulated\"\n", "d".repeat(120)),
+                "health.socket",
+            ),
+            (
                 &format!("{base}[buffer]\nmax_bytes = 10\n[[reader]]\nid = \"a\"\nkind = \"simulated\"\n"),
                 "buffer.max_bytes",
             ),
@@ -1125,6 +1172,28 @@ mod tests {
         for (text, key) in cases {
             assert_eq!(invalid_key(text), key, "for:\n{text}");
         }
+    }
+
+    #[test]
+    fn private_socket_follows_the_buffer_unless_configured() {
+        let config = Config::parse(MINIMAL).unwrap();
+        let mut buffer = config.buffer.clone();
+        buffer.path = Some(PathBuf::from(DEFAULT_BUFFER_PATH));
+        assert_eq!(
+            config.health.resolved_socket(&buffer),
+            PathBuf::from(DEFAULT_HEALTH_SOCKET)
+        );
+        buffer.path = Some(PathBuf::from("/tmp/demo/buffer"));
+        assert_eq!(
+            config.health.resolved_socket(&buffer),
+            PathBuf::from("/tmp/demo/agent.sock")
+        );
+        let mut health = config.health.clone();
+        health.socket = Some(PathBuf::from("/run/x.sock"));
+        assert_eq!(
+            health.resolved_socket(&buffer),
+            PathBuf::from("/run/x.sock")
+        );
     }
 
     #[test]

@@ -957,11 +957,11 @@ fn rolled_back_version_is_not_retried_by_the_timer() {
     env.assert_clean();
 }
 
-/// One-shot HTTP server on loopback answering every request with `status_line`.
-fn serve_once(status_line: &'static str) -> std::net::SocketAddr {
+/// One-shot HTTP server on a private Unix socket answering every request with `status_line`.
+fn serve_once(dir: &Path, status_line: &'static str) -> PathBuf {
     use std::io::{Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
+    let path = dir.join(format!("agent-{}.sock", status_line.len()));
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
     std::thread::spawn(move || {
         let (mut s, _) = listener.accept().unwrap();
         let mut buf = [0u8; 1024];
@@ -974,24 +974,23 @@ fn serve_once(status_line: &'static str) -> std::net::SocketAddr {
             body.len()
         );
     });
-    addr
+    path
 }
 
 #[test]
 fn readyz_probe_accepts_only_200() {
-    assert!(ReadyzProbe::new(serve_once("HTTP/1.1 200 OK"))
+    let tmp = tempfile::tempdir().unwrap();
+    assert!(ReadyzProbe::new(serve_once(tmp.path(), "HTTP/1.1 200 OK"))
         .check()
         .is_ok());
-    let err = ReadyzProbe::new(serve_once("HTTP/1.1 503 Service Unavailable"))
+    let err = ReadyzProbe::new(serve_once(tmp.path(), "HTTP/1.1 503 Service Unavailable"))
         .check()
         .unwrap_err();
     assert!(err.contains("503"), "{err}");
     // Nothing listening.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    assert!(ReadyzProbe::new(port).check().is_err());
+    assert!(ReadyzProbe::new(tmp.path().join("none.sock"))
+        .check()
+        .is_err());
 }
 
 /// Counts how often the signer draws randomness (blinding draws some for every signature).
