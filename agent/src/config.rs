@@ -786,6 +786,13 @@ impl ReaderConfig {
                 .line_timeout_ms
                 .map_or(defaults.timeout, Duration::from_millis),
         };
+        if !(10..=10_000).contains(&self.line_timeout_ms.unwrap_or(100)) {
+            return Err(ConfigError::invalid(
+                format!("{key}.line_timeout_ms"),
+                "must be between 10 and 10000",
+                "100 is the default",
+            ));
+        }
         if !(4..=256).contains(&line.max_len) {
             return Err(ConfigError::invalid(
                 format!("{key}.line_max_len"),
@@ -845,10 +852,11 @@ impl ReaderConfig {
 
     fn simulated(&self, key: &str) -> Result<ReaderSource, ConfigError> {
         let rate_per_sec = self.rate_per_sec.unwrap_or(1.0);
-        if !(rate_per_sec > 0.0 && rate_per_sec <= 100_000.0) {
+        // The period (1 / rate) must be a usable timer interval: 100 s down to 10 µs.
+        if !(0.01..=100_000.0).contains(&rate_per_sec) {
             return Err(ConfigError::invalid(
                 format!("{key}.rate_per_sec"),
-                format!("{rate_per_sec} is not between 0 and 100000"),
+                format!("{rate_per_sec} is not between 0.01 and 100000 swipes per second"),
                 "use e.g. 5.0",
             ));
         }
@@ -1143,6 +1151,22 @@ mod tests {
             (
                 &format!("{base}[[reader]]\nid = \"a\"\nkind = \"simulated\"\nrate_per_sec = 0.0\n"),
                 "reader[0].rate_per_sec",
+            ),
+            (
+                &format!("{base}[[reader]]\nid = \"a\"\nkind = \"simulated\"\nrate_per_sec = 1e-300\n"),
+                "reader[0].rate_per_sec",
+            ),
+            (
+                &format!("{base}[[reader]]\nid = \"a\"\nkind = \"simulated\"\nrate_per_sec = 1e300\n"),
+                "reader[0].rate_per_sec",
+            ),
+            (
+                &format!("{base}[[reader]]\nid = \"a\"\nkind = \"simulated\"\nrate_per_sec = nan\n"),
+                "reader[0].rate_per_sec",
+            ),
+            (
+                &format!("{base}[[reader]]\nid = \"s\"\nkind = \"serial\"\ndevice = \"/dev/x\"\nframing = \"line\"\nline_timeout_ms = 9223372036854775807\n"),
+                "reader[0].line_timeout_ms",
             ),
             (
                 &format!("{base}[health]\nsocket = \"relative.sock\"\n[[reader]]\nid = \"a\"\nkind = \"simulated\"\n"),

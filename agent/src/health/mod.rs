@@ -9,7 +9,7 @@ pub mod metrics;
 pub mod server;
 pub mod watchdog;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -101,8 +101,10 @@ pub struct StatusDoc {
     pub uptime_secs: u64,
     /// Every pipeline part is turning.
     pub live: bool,
-    /// Buffer open, readers started, buffer not full.
+    /// Buffer open, readers started, buffer not full, no part failed.
     pub ready: bool,
+    /// Parts that died and are being restarted (e.g. `reader:door`).
+    pub failed: Vec<String>,
     /// Buffer figures.
     pub buffer: BufferStatus,
     /// Drain figures.
@@ -122,6 +124,7 @@ pub struct Health {
     started: Instant,
     ready: AtomicBool,
     heartbeats: Mutex<Vec<Heartbeat>>,
+    failed: Mutex<BTreeSet<String>>,
     readers: Mutex<BTreeMap<String, ReaderStatus>>,
     buffer: Mutex<BufferStatus>,
     drain: Mutex<DrainStatus>,
@@ -149,6 +152,7 @@ impl Health {
             started: Instant::now(),
             ready: AtomicBool::new(false),
             heartbeats: Mutex::new(Vec::new()),
+            failed: Mutex::new(BTreeSet::new()),
             readers: Mutex::new(BTreeMap::new()),
             buffer: Mutex::new(BufferStatus::default()),
             drain: Mutex::new(DrainStatus {
@@ -197,9 +201,25 @@ impl Health {
         self.ready.store(ready, Ordering::Relaxed);
     }
 
-    /// Ready and live.
+    /// Marks a part as failed (its task died and is being restarted) or recovered. A failed
+    /// part makes the agent not ready; liveness stays with the heartbeats.
+    pub fn set_failed(&self, part: &str, failed: bool) {
+        let mut set = lock(&self.failed);
+        if failed {
+            set.insert(part.to_owned());
+        } else {
+            set.remove(part);
+        }
+    }
+
+    /// Parts currently marked failed.
+    pub fn failed(&self) -> Vec<String> {
+        lock(&self.failed).iter().cloned().collect()
+    }
+
+    /// Ready, live, and no part failed.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed) && self.is_live()
+        self.ready.load(Ordering::Relaxed) && self.is_live() && lock(&self.failed).is_empty()
     }
 
     /// Updates one reader's status.
@@ -230,6 +250,7 @@ impl Health {
             uptime_secs: self.started.elapsed().as_secs(),
             live: self.is_live(),
             ready: self.is_ready(),
+            failed: self.failed(),
             buffer: lock(&self.buffer).clone(),
             drain: lock(&self.drain).clone(),
             readers: lock(&self.readers).clone(),
