@@ -173,7 +173,7 @@ pub fn bind_private_socket(path: &Path) -> Result<std::os::unix::net::UnixListen
             .create(dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
-    trusted_dir(dir)?;
+    trusted_dir(dir, true)?;
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path)
             .map_err(|e| format!("cannot remove the stale {}: {e}", path.display()))?,
@@ -193,8 +193,11 @@ pub fn bind_private_socket(path: &Path) -> Result<std::os::unix::net::UnixListen
     Ok(listener)
 }
 
-/// A directory only its owner (root or this process's user) can add entries to.
-fn trusted_dir(dir: &Path) -> Result<(), String> {
+/// A directory only its owner can add entries to; with `own`, that owner must also be root or
+/// this process's user (the agent binding its socket). A client (root running `status` or the
+/// updater) accepts any owner: under systemd the directory belongs to the agent's user, and only
+/// root or that user could have created it where the configuration points.
+fn trusted_dir(dir: &Path, own: bool) -> Result<(), String> {
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::symlink_metadata(dir)
         .map_err(|e| format!("cannot inspect {}: {e}", dir.display()))?;
@@ -210,7 +213,7 @@ fn trusted_dir(dir: &Path) -> Result<(), String> {
             meta.mode() & 0o7777
         ));
     }
-    if meta.uid() != 0 && meta.uid() != euid {
+    if own && meta.uid() != 0 && meta.uid() != euid {
         return Err(format!(
             "{} belongs to uid {}, not to this user or root; set health.socket",
             dir.display(),
@@ -313,7 +316,7 @@ pub fn fetch_private(
     if !meta.file_type().is_socket() {
         return Err(untrusted("not a socket".into()));
     }
-    trusted_dir(socket.parent().unwrap_or(Path::new("/"))).map_err(untrusted)?;
+    trusted_dir(socket.parent().unwrap_or(Path::new("/")), false).map_err(untrusted)?;
     let stream = std::os::unix::net::UnixStream::connect(socket).map_err(io)?;
     stream.set_read_timeout(Some(timeout)).map_err(io)?;
     stream.set_write_timeout(Some(timeout)).map_err(io)?;
@@ -493,6 +496,30 @@ mod tests {
         for t in tasks {
             t.abort();
         }
+
+        // The client accepts a private directory owned by the agent's user (root runs `status`
+        // and the updater against /run/badge-agent, which belongs to badge-agent).
+        let agents = tmp.path().join("agents");
+        std::fs::create_dir(&agents).unwrap();
+        std::fs::set_permissions(&agents, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let theirs = agents.join("agent.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&theirs).unwrap();
+        std::thread::spawn(move || {
+            use std::io::Write;
+            if let Ok((mut s, _)) = listener.accept() {
+                let mut buf = [0_u8; 512];
+                let _ = std::io::Read::read(&mut s, &mut buf);
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+            }
+        });
+        let other = if crate::update::effective_uid() == 0 {
+            std::os::unix::fs::chown(&agents, Some(4242), None).unwrap();
+            true
+        } else {
+            false
+        };
+        let answer = fetch_private(&theirs, "/readyz", Duration::from_secs(5));
+        assert_eq!(answer.unwrap().0, 200, "owned by another user: {other}");
 
         // A directory others can write is refused on both sides.
         let open_dir = tmp.path().join("open");
