@@ -47,6 +47,11 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/badge-agent/config.toml";
 pub const DEFAULT_BUFFER_PATH: &str = "/var/lib/badge-agent/buffer";
 /// Metrics and health listener: loopback only unless the operator decides otherwise.
 pub const DEFAULT_HEALTH_LISTEN: &str = "127.0.0.1:9464";
+/// The agent's private status socket with the default buffer location: in the unit's
+/// `RuntimeDirectory=` (`$RUNTIME_DIRECTORY`, owner-only).
+pub const DEFAULT_HEALTH_SOCKET: &str = "/run/badge-agent/agent.sock";
+/// `sun_path` holds 108 bytes including the terminating NUL.
+const MAX_SOCKET_PATH_BYTES: usize = 107;
 
 /// A configuration problem, phrased for the person who has to fix the file.
 #[derive(Debug, thiserror::Error)]
@@ -285,11 +290,32 @@ pub struct HealthConfig {
     /// Address of `/metrics`, `/livez`, `/readyz`, `/status`. Keep it on loopback.
     #[serde(default = "HealthConfig::default_listen")]
     pub listen: String,
+    /// The agent's private Unix socket (same routes, owner-only) used by `badge-agent status`
+    /// and the updater's health gate. Default: see [`HealthConfig::resolved_socket`].
+    pub socket: Option<PathBuf>,
 }
 
 impl HealthConfig {
     fn default_listen() -> String {
         DEFAULT_HEALTH_LISTEN.to_owned()
+    }
+
+    /// The private socket: the configured one; else [`DEFAULT_HEALTH_SOCKET`] when the buffer is
+    /// in its default place (a systemd install); else `agent.sock` beside the buffer directory,
+    /// which works for a run outside systemd. Depends only on the file (and `$STATE_DIRECTORY`
+    /// as the buffer does), so the agent and its tools always agree.
+    pub fn resolved_socket(&self, buffer: &BufferConfig) -> PathBuf {
+        if let Some(socket) = &self.socket {
+            return socket.clone();
+        }
+        let buffer_dir = buffer.resolved_path();
+        if buffer_dir == Path::new(DEFAULT_BUFFER_PATH) {
+            return PathBuf::from(DEFAULT_HEALTH_SOCKET);
+        }
+        match buffer_dir.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent.join("agent.sock"),
+            _ => PathBuf::from("agent.sock"),
+        }
     }
 }
 
@@ -297,6 +323,7 @@ impl Default for HealthConfig {
     fn default() -> Self {
         Self {
             listen: Self::default_listen(),
+            socket: None,
         }
     }
 }
@@ -585,7 +612,7 @@ impl Config {
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
         toml::from_str(text).map_err(|err| ConfigError::Parse {
             path: PathBuf::from("<config>"),
-            message: err.to_string().trim_end().to_owned(),
+            message: describe_toml_error(text, &err),
         })
     }
 
@@ -603,6 +630,18 @@ impl Config {
                 "write it like 127.0.0.1:9464",
             )
         })?;
+        let socket = self.health.resolved_socket(&self.buffer);
+        let relative = self.health.socket.is_some() && !socket.is_absolute();
+        if relative || socket.as_os_str().len() > MAX_SOCKET_PATH_BYTES {
+            return Err(ConfigError::invalid(
+                "health.socket",
+                format!(
+                    "`{}` is not an absolute path of at most {MAX_SOCKET_PATH_BYTES} bytes",
+                    socket.display()
+                ),
+                "set health.socket to a short absolute path in a directory only the agent's user can write, e.g. /run/badge-agent/agent.sock",
+            ));
+        }
         if self.readers.is_empty() {
             return Err(ConfigError::invalid(
                 "reader",
@@ -879,6 +918,13 @@ impl ReaderConfig {
                 .line_timeout_ms
                 .map_or(defaults.timeout, Duration::from_millis),
         };
+        if !(10..=10_000).contains(&self.line_timeout_ms.unwrap_or(100)) {
+            return Err(ConfigError::invalid(
+                format!("{key}.line_timeout_ms"),
+                "must be between 10 and 10000",
+                "100 is the default",
+            ));
+        }
         if !(4..=256).contains(&line.max_len) {
             return Err(ConfigError::invalid(
                 format!("{key}.line_max_len"),
@@ -1025,10 +1071,11 @@ impl ReaderConfig {
 
     fn simulated(&self, key: &str) -> Result<ReaderSource, ConfigError> {
         let rate_per_sec = self.rate_per_sec.unwrap_or(1.0);
-        if !(rate_per_sec > 0.0 && rate_per_sec <= 100_000.0) {
+        // The period (1 / rate) must be a usable timer interval: 100 s down to 10 µs.
+        if !(0.01..=100_000.0).contains(&rate_per_sec) {
             return Err(ConfigError::invalid(
                 format!("{key}.rate_per_sec"),
-                format!("{rate_per_sec} is not between 0 and 100000"),
+                format!("{rate_per_sec} is not between 0.01 and 100000 swipes per second"),
                 "use e.g. 5.0",
             ));
         }
@@ -1103,6 +1150,61 @@ fn check_osdp_buses(specs: &[ReaderSpec]) -> Result<(), ConfigError> {
         }
     }
     Ok(())
+}
+
+/// Words that mark a key whose value may be a secret (proxy URLs carry credentials).
+const SECRET_KEY_WORDS: &[&str] = &[
+    "proxy",
+    "key",
+    "token",
+    "secret",
+    "password",
+    "passwd",
+    "credential",
+    "auth",
+];
+
+/// The parser's message and the offending line, like toml's own rendering, except that a line
+/// naming a secret-bearing key shows `<redacted>` instead of its value (error messages end up in
+/// terminals, tickets and the journal).
+fn describe_toml_error(text: &str, err: &toml::de::Error) -> String {
+    let message = err.message().trim_end();
+    let Some(span) = err.span() else {
+        return message.to_owned();
+    };
+    let start = (0..=span.start.min(text.len()))
+        .rev()
+        .find(|i| text.is_char_boundary(*i))
+        .unwrap_or(0);
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[start..].find('\n').map_or(text.len(), |i| start + i);
+    let line_no = text[..start].matches('\n').count() + 1;
+    let column = text[line_start..start].chars().count() + 1;
+    let line = text[line_start..line_end].trim_end_matches('\r');
+    let (shown, message) = match redact_line(line) {
+        Some((shown, value)) => {
+            let value = value.trim().trim_matches(|c| c == '"' || c == '\'');
+            let message = if value.is_empty() {
+                message.to_owned()
+            } else {
+                message.replace(value, "<redacted>")
+            };
+            (shown, message)
+        }
+        None => (line.to_owned(), message.to_owned()),
+    };
+    format!("line {line_no}, column {column}: {message}\n  {line_no} | {shown}")
+}
+
+/// `Some((line with the value replaced, the value))` when `line` assigns anything to (or inside)
+/// a key whose name suggests a secret.
+fn redact_line(line: &str) -> Option<(String, &str)> {
+    let (key, value) = line.split_once('=')?;
+    let lower = line.to_ascii_lowercase();
+    SECRET_KEY_WORDS
+        .iter()
+        .any(|w| lower.contains(w))
+        .then(|| (format!("{} = <redacted>", key.trim_end()), value))
 }
 
 /// Ids end up in channel names, event ids and metric labels: keep them boring.
@@ -1228,6 +1330,31 @@ mod tests {
     }
 
     #[test]
+    fn parse_errors_never_echo_secret_values() {
+        let cases = [
+            "gateway_id = \"gw\"\n[snowflake]\nproxy = \"http://user:hunter2@proxy:3128\" junk\n",
+            "gateway_id = \"gw\"\n[snowflake]\nproxy = \"http://user:hunter2@proxy:3128\n",
+            "gateway_id = \"gw\"\nsnowflake = { proxy = \"http://u:hunter2@p\", user = 5x }\n",
+            "gateway_id = \"gw\"\n[snowflake]\napi_token = 'hunter2' 'again'\n",
+            "gateway_id = \"gw\"\n[snowflake]\nproxy = 12hunter2\n",
+        ];
+        for text in cases {
+            let err = Config::parse(text).unwrap_err().to_string();
+            assert!(!err.contains("hunter2"), "{err}");
+            assert!(err.contains("<redacted>"), "{err}");
+            assert!(err.contains("line "), "{err}");
+        }
+        // Other lines are still shown as written, so the operator sees what to fix.
+        let err = Config::parse("gateway_id = \"gw\"\nbuffer = { max_bytes = 12x }\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("line 2") && err.contains("max_bytes = 12x"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn wrong_type_is_named() {
         let err = Config::parse(
             "gateway_id = \"gw\"\n[[reader]]\nid = \"r\"\nkind = \"serial\"\nbaud = \"fast\"\n",
@@ -1293,6 +1420,30 @@ mod tests {
                 "reader[0].rate_per_sec",
             ),
             (
+                &format!("{base}[[reader]]\nid = \"a\"\nkind = \"simulated\"\nrate_per_sec = 1e-300\n"),
+                "reader[0].rate_per_sec",
+            ),
+            (
+                &format!("{base}[[reader]]\nid = \"a\"\nkind = \"simulated\"\nrate_per_sec = 1e300\n"),
+                "reader[0].rate_per_sec",
+            ),
+            (
+                &format!("{base}[[reader]]\nid = \"a\"\nkind = \"simulated\"\nrate_per_sec = nan\n"),
+                "reader[0].rate_per_sec",
+            ),
+            (
+                &format!("{base}[[reader]]\nid = \"s\"\nkind = \"serial\"\ndevice = \"/dev/x\"\nframing = \"line\"\nline_timeout_ms = 9223372036854775807\n"),
+                "reader[0].line_timeout_ms",
+            ),
+            (
+                &format!("{base}[health]\nsocket = \"relative.sock\"\n[[reader]]\nid = \"a\"\nkind = \"simulated\"\n"),
+                "health.socket",
+            ),
+            (
+                &format!("{base}[health]\nsocket = \"/{}/agent.sock\"\n[[reader]]\nid = \"a\"\nkind = \"simulated\"\n", "d".repeat(120)),
+                "health.socket",
+            ),
+            (
                 &format!("{base}[buffer]\nmax_bytes = 10\n[[reader]]\nid = \"a\"\nkind = \"simulated\"\n"),
                 "buffer.max_bytes",
             ),
@@ -1312,6 +1463,28 @@ mod tests {
         for (text, key) in cases {
             assert_eq!(invalid_key(text), key, "for:\n{text}");
         }
+    }
+
+    #[test]
+    fn private_socket_follows_the_buffer_unless_configured() {
+        let config = Config::parse(MINIMAL).unwrap();
+        let mut buffer = config.buffer.clone();
+        buffer.path = Some(PathBuf::from(DEFAULT_BUFFER_PATH));
+        assert_eq!(
+            config.health.resolved_socket(&buffer),
+            PathBuf::from(DEFAULT_HEALTH_SOCKET)
+        );
+        buffer.path = Some(PathBuf::from("/tmp/demo/buffer"));
+        assert_eq!(
+            config.health.resolved_socket(&buffer),
+            PathBuf::from("/tmp/demo/agent.sock")
+        );
+        let mut health = config.health.clone();
+        health.socket = Some(PathBuf::from("/run/x.sock"));
+        assert_eq!(
+            health.resolved_socket(&buffer),
+            PathBuf::from("/run/x.sock")
+        );
     }
 
     #[test]

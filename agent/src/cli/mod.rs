@@ -104,7 +104,29 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// Sets up `tracing`: journald under systemd, readable lines otherwise; `RUST_LOG` filters.
+/// Log targets whose verbose levels dump raw HTTP traffic or headers, and the most they may log
+/// whatever `RUST_LOG` says: `ureq_proto` traces every byte on the wire (the `Authorization:
+/// Bearer` header and the token exchange's body among them), `ureq` logs request paths and
+/// redirect targets below info, and `rustls` is kept to handshake summaries.
+pub const SILENCED_TARGETS: &[(&str, tracing::level_filters::LevelFilter)] = &[
+    ("ureq_proto", tracing::level_filters::LevelFilter::WARN),
+    ("ureq", tracing::level_filters::LevelFilter::INFO),
+    ("rustls", tracing::level_filters::LevelFilter::DEBUG),
+];
+
+/// The cap on [`SILENCED_TARGETS`]: a filter of its own, combined with (not merged into) the
+/// user's `RUST_LOG`, so no directive there (`trace`, `ureq_proto=trace`, a more specific
+/// `ureq_proto::util=trace`) can lift it.
+fn secret_safe_targets() -> tracing_subscriber::filter::Targets {
+    SILENCED_TARGETS.iter().fold(
+        tracing_subscriber::filter::Targets::new()
+            .with_default(tracing::level_filters::LevelFilter::TRACE),
+        |targets, (target, level)| targets.with_target(*target, *level),
+    )
+}
+
+/// Sets up `tracing`: journald under systemd, readable lines otherwise; `RUST_LOG` filters,
+/// except that HTTP internals never log below [`SILENCED_TARGETS`].
 fn init_logging(target: LogTarget) {
     use tracing_subscriber::prelude::*;
     use tracing_subscriber::EnvFilter;
@@ -122,6 +144,7 @@ fn init_logging(target: LogTarget) {
                 let layer = layer.with_syslog_identifier("badge-agent".to_owned());
                 let _ = tracing_subscriber::registry()
                     .with(filter)
+                    .with(secret_safe_targets())
                     .with(layer)
                     .try_init();
                 return;
@@ -131,10 +154,69 @@ fn init_logging(target: LogTarget) {
     }
     let _ = tracing_subscriber::registry()
         .with(filter)
+        .with(secret_safe_targets())
         .with(
             tracing_subscriber::fmt::layer()
                 .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .with_writer(std::io::stderr),
         )
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::sync::{Arc, Mutex};
+    use tracing_subscriber::prelude::*;
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn no_rust_log_setting_lets_http_internals_dump_headers() {
+        for user_filter in [
+            "trace",
+            "info,ureq_proto=trace",
+            "info,ureq_proto::util=trace",
+            "info,ureq=trace,rustls=trace",
+        ] {
+            let out = Captured::default();
+            let writer = out.clone();
+            let subscriber = tracing_subscriber::registry()
+                .with(tracing_subscriber::EnvFilter::new(user_filter))
+                .with(secret_safe_targets())
+                .with(
+                    tracing_subscriber::fmt::layer()
+                        .with_ansi(false)
+                        .with_writer(move || writer.clone()),
+                );
+            tracing::subscriber::with_default(subscriber, || {
+                tracing::trace!(target: "ureq_proto::util", "\"Authorization: B\"");
+                tracing::debug!(target: "ureq_proto::client", "Bearer eyJ-secret");
+                tracing::debug!(target: "ureq::run", "GET /v2/streaming?token=secret");
+                tracing::trace!(target: "rustls::client", "rustls trace");
+                tracing::info!(target: "ureq::run", "ureq info is fine");
+                tracing::trace!(target: "badge_agent::drain", "own trace is fine");
+            });
+            let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+            assert!(!text.contains("Authorization"), "{user_filter}: {text}");
+            assert!(!text.contains("secret"), "{user_filter}: {text}");
+            assert!(!text.contains("rustls trace"), "{user_filter}: {text}");
+            assert!(text.contains("ureq info is fine"), "{user_filter}: {text}");
+            if user_filter == "trace" {
+                assert!(text.contains("own trace is fine"), "{text}");
+            }
+        }
+    }
 }

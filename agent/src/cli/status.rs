@@ -1,6 +1,6 @@
-//! `badge-agent status`: ask the running agent for its `/status` document.
+//! `badge-agent status`: ask the running agent for its `/status` document over its private
+//! socket (`[health] socket`).
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -8,18 +8,16 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::config::Config;
-use crate::health::server::fetch;
+use crate::health::server::fetch_private;
 
 /// Prints the running agent's status, human-readable or as JSON.
 pub fn run(config_path: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let (config, _) = Config::load(config_path)?;
-    let addr: SocketAddr = config
-        .health
-        .listen
-        .parse()
-        .context("health.listen is not an address")?;
-    let (status, body) = fetch(addr, "/status", Duration::from_secs(5))
-        .context("is the agent running? (systemctl status badge-agent)")?;
+    // The private socket, never the TCP port: anyone local could squat that one.
+    let socket = config.health.resolved_socket(&config.buffer);
+    let (status, body) = fetch_private(&socket, "/status", Duration::from_secs(5)).context(
+        "is the agent running (systemctl status badge-agent), and are you root or badge-agent?",
+    )?;
     if status != 200 {
         anyhow::bail!("the agent answered HTTP {status}: {body}");
     }

@@ -1,12 +1,11 @@
-//! `badge-agent update`: install a signed release with automatic rollback (see [`crate::update`]),
+//! `badge-agent update`: install a signed release with automatic rollback (see [`crate::update`];
+//! the health gate asks the agent's private socket, never the TCP port),
 //! and the release engineer's `update pack` / `update sign`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::Context;
-
-use crate::config::{Config, DEFAULT_HEALTH_LISTEN};
+use crate::config::{Config, DEFAULT_HEALTH_SOCKET};
 use crate::update::{self, ReadyzProbe, Systemctl, UpdateOptions};
 
 /// Arguments of `badge-agent update`.
@@ -84,24 +83,20 @@ pub fn run(args: &UpdateArgs, config_path: &Path) -> anyhow::Result<ExitCode> {
         }
         None => {}
     }
-    let listen = match Config::load(config_path) {
-        Ok((config, _)) => config.health.listen,
+    let probe = match Config::load(config_path) {
+        Ok((config, _)) => ReadyzProbe::for_config(&config),
         // Recovery must work even if the configuration is broken: it only needs /readyz.
         Err(e) if args.recover_only => {
-            tracing::warn!(error = %e, "configuration unreadable; recovering with the default health address");
-            DEFAULT_HEALTH_LISTEN.to_owned()
+            tracing::warn!(error = %e, "configuration unreadable; recovering with the default status socket");
+            ReadyzProbe::new(DEFAULT_HEALTH_SOCKET)
         }
         Err(e) => return Err(e.into()),
     };
-    let addr = listen
-        .parse()
-        .with_context(|| format!("health.listen `{listen}` is not an address"))?;
     let mut opts = UpdateOptions::new(&args.source);
     opts.public_key.clone_from(&args.public_key);
     opts.install_root.clone_from(&args.root);
     opts.force_reinstall = args.force_reinstall;
     let mut systemd = Systemctl;
-    let probe = ReadyzProbe::new(addr);
     if args.recover_only {
         let report = update::recover(&opts, &mut systemd, &probe)?;
         println!("{report:?}");

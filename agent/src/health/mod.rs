@@ -9,7 +9,7 @@ pub mod metrics;
 pub mod server;
 pub mod watchdog;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -104,8 +104,10 @@ pub struct StatusDoc {
     pub uptime_secs: u64,
     /// Every pipeline part is turning.
     pub live: bool,
-    /// Buffer open, readers started, buffer not full.
+    /// Buffer open, readers started, buffer not full, no part failed.
     pub ready: bool,
+    /// Parts that died and are being restarted (e.g. `reader:door`).
+    pub failed: Vec<String>,
     /// Buffer figures.
     pub buffer: BufferStatus,
     /// Drain figures.
@@ -126,6 +128,7 @@ pub struct Health {
     ready: AtomicBool,
     retry_queue: AtomicU64,
     heartbeats: Mutex<Vec<Heartbeat>>,
+    failed: Mutex<BTreeSet<String>>,
     readers: Mutex<BTreeMap<String, ReaderStatus>>,
     buffer: Mutex<BufferStatus>,
     drain: Mutex<DrainStatus>,
@@ -154,6 +157,7 @@ impl Health {
             ready: AtomicBool::new(false),
             retry_queue: AtomicU64::new(0),
             heartbeats: Mutex::new(Vec::new()),
+            failed: Mutex::new(BTreeSet::new()),
             readers: Mutex::new(BTreeMap::new()),
             buffer: Mutex::new(BufferStatus::default()),
             drain: Mutex::new(DrainStatus {
@@ -202,9 +206,29 @@ impl Health {
         self.ready.store(ready, Ordering::Relaxed);
     }
 
-    /// Ready, live, and no swipe waiting for a retry of a failed commit.
+    /// Marks a part as failed (its task died and is being restarted) or recovered. A failed
+    /// part makes the agent not ready; liveness stays with the heartbeats.
+    pub fn set_failed(&self, part: &str, failed: bool) {
+        let mut set = lock(&self.failed);
+        if failed {
+            set.insert(part.to_owned());
+        } else {
+            set.remove(part);
+        }
+    }
+
+    /// Parts currently marked failed.
+    pub fn failed(&self) -> Vec<String> {
+        lock(&self.failed).iter().cloned().collect()
+    }
+
+
+    /// Ready, live, no part failed, and no swipe waiting for a retry of a failed commit.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed) && self.is_live() && self.degraded().is_none()
+        self.ready.load(Ordering::Relaxed)
+            && self.is_live()
+            && lock(&self.failed).is_empty()
+            && self.degraded().is_none()
     }
 
     /// Records how many swipes wait in the group committer's retry queue.
@@ -252,6 +276,7 @@ impl Health {
             uptime_secs: self.started.elapsed().as_secs(),
             live: self.is_live(),
             ready: self.is_ready(),
+            failed: self.failed(),
             buffer: lock(&self.buffer).clone(),
             drain: lock(&self.drain).clone(),
             readers: lock(&self.readers).clone(),

@@ -4,7 +4,9 @@
 //! edges from the device into a decoder; everything they decode goes through one [`Emitter`]
 //! per reader, which suppresses repeats, stamps the swipe, hands it to the group committer and
 //! waits until it is durable. Reader trouble (unplugged adapter, noise, parity errors) is
-//! counted, logged and retried — never fatal to the agent.
+//! counted, logged and retried — never fatal to the agent. A reader task that dies anyway (a
+//! panic, or an end before shutdown) is supervised: logged, counted, the agent is not ready until
+//! the restarted task has run [`HEALTHY_AFTER`], and it is restarted with back-off.
 
 pub mod osdp;
 pub mod serial;
@@ -33,7 +35,10 @@ const IDLE_TICK: Duration = Duration::from_secs(1);
 /// Fault rows are rate-limited per reader: a noisy line must not flood the buffer.
 const FAULT_ROW_INTERVAL_NS: u64 = 5_000_000_000;
 
-/// Starts the task of one reader. It runs until `shutdown` turns true.
+/// How long a restarted reader task must run before the agent counts as ready again.
+pub const HEALTHY_AFTER: Duration = Duration::from_secs(5);
+
+/// Starts the (supervised) task of one reader. It runs until `shutdown` turns true.
 pub fn spawn(
     spec: ReaderSpec,
     health: Arc<Health>,
@@ -48,8 +53,70 @@ pub fn spawn(
     };
     health.update_reader(&spec.id, |r| r.kind = kind.to_owned());
     let heartbeat = health.heartbeat(&format!("reader:{}", spec.id));
-    let emitter = Emitter::new(spec.clone(), health, committer, heartbeat);
-    match spec.source {
+    tokio::spawn(supervise(spec, health, committer, heartbeat, shutdown))
+}
+
+/// Runs a reader task and restarts it whenever it dies before shutdown.
+async fn supervise(
+    spec: ReaderSpec,
+    health: Arc<Health>,
+    committer: GroupCommitHandle,
+    heartbeat: Heartbeat,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let part = format!("reader:{}", spec.id);
+    let mut backoff = Reconnect::new();
+    loop {
+        let emitter = Emitter::new(
+            spec.clone(),
+            Arc::clone(&health),
+            committer.clone(),
+            heartbeat.clone(),
+        );
+        let mut task = start(&spec, emitter, shutdown.clone());
+        let outcome = tokio::select! {
+            outcome = &mut task => outcome,
+            () = tokio::time::sleep(HEALTHY_AFTER) => {
+                health.set_failed(&part, false);
+                backoff.reset();
+                task.await
+            }
+        };
+        let reason = match outcome {
+            Ok(()) if *shutdown.borrow() => return,
+            Ok(()) => "the reader task ended before shutdown".to_owned(),
+            Err(err) if err.is_panic() => {
+                let payload = err.into_panic();
+                let message = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".to_owned());
+                format!("the reader task panicked: {message}")
+            }
+            Err(err) => format!("the reader task failed: {err}"),
+        };
+        health.set_failed(&part, true);
+        health.metrics.reader_error(&spec.id, "task");
+        health.update_reader(&spec.id, |r| {
+            r.connected = false;
+            r.errors += 1;
+            r.last_error = Some(reason.clone());
+        });
+        let delay = backoff.next_delay();
+        tracing::error!(reader = %spec.id, error = %reason, retry_in = ?delay, "reader died; restarting it");
+        // The supervisor itself is turning: a process restart would not help, so stay live
+        // (readiness already says something is wrong).
+        heartbeat.beat();
+        if sleep_or_shutdown(delay, &mut shutdown).await {
+            return;
+        }
+    }
+}
+
+/// Spawns the reader's own task.
+fn start(spec: &ReaderSpec, emitter: Emitter, shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
+    match spec.source.clone() {
         ReaderSource::Osdp(settings) => tokio::spawn(osdp::run(emitter, settings, shutdown)),
         ReaderSource::Serial {
             device,
@@ -478,6 +545,51 @@ mod tests {
             !line.contains("1234"),
             "the PIN must not leave the gateway: {line}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_reader_task_that_dies_is_a_readiness_failure_and_is_restarted() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut options = crate::buffer::BufferOptions::new(dir.path().join("buffer"));
+        options.min_free_bytes = 0;
+        let buffer = Arc::new(crate::buffer::Buffer::open(options).unwrap());
+        let (committer, _task) = crate::buffer::GroupCommitter::spawn(
+            buffer,
+            crate::buffer::GroupCommitConfig::default(),
+        );
+        let health = Health::new("gw", "0.1.0", "dev");
+        health.set_ready(true);
+        let mut doomed = spec();
+        // What `validate` now refuses: the simulated reader's period overflows a Duration.
+        doomed.source = ReaderSource::Simulated {
+            rate_per_sec: 1e-300,
+            count: None,
+            facility: 1,
+            population: 1,
+        };
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let task = spawn(doomed, Arc::clone(&health), committer, stop_rx);
+        // First death at once, the restart after 0.5 s dies again.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while health.status().readers["lobby"].errors < 2 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{:?}",
+                health.status()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let status = health.status();
+        assert!(!health.is_ready(), "{status:?}");
+        assert!(health.is_live(), "the supervisor keeps turning");
+        assert_eq!(status.failed, vec!["reader:lobby"]);
+        let error = status.readers["lobby"].last_error.clone().unwrap();
+        assert!(error.contains("panicked"), "{error}");
+        stop_tx.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .unwrap()
+            .unwrap();
     }
 
     #[test]

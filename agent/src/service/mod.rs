@@ -128,24 +128,11 @@ pub async fn run(
         Some(Arc::new(CommitMetrics(Arc::clone(&health)))),
     );
 
-    // 2. Health endpoints (loopback by default). A busy port must not stop the door readers.
+    // 2. Health endpoints: TCP (loopback by default) and the private socket for our own tools.
+    //    A busy port or a bad directory must not stop the door readers.
     let listen: Option<SocketAddr> = config.health.listen.parse().ok();
-    let server = match listen {
-        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
-            Ok(listener) => {
-                tracing::info!(%addr, "health and metrics listening");
-                Some(tokio::spawn(crate::health::server::serve(
-                    listener,
-                    Arc::clone(&health),
-                )))
-            }
-            Err(err) => {
-                tracing::error!(%addr, error = %err, "cannot listen for health and metrics");
-                None
-            }
-        },
-        None => None,
-    };
+    let socket = config.health.resolved_socket(&config.buffer);
+    let servers = crate::health::server::start(listen, &socket, &health).await;
 
     // 3. Readers.
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -243,9 +230,10 @@ pub async fn run(
     if let Some(task) = watchdog_task {
         task.abort();
     }
-    if let Some(server) = server {
+    for server in servers {
         server.abort();
     }
+    let _ = std::fs::remove_file(&socket);
     // Every acknowledged swipe is already synced by its group commit; dropping the last handle
     // lets sled flush its own state.
     drop(buffer);

@@ -11,7 +11,7 @@ use std::path::{Component, Path, PathBuf};
 use rsa::pkcs1::{DecodeRsaPrivateKey, DecodeRsaPublicKey};
 use rsa::pkcs1v15::{Signature, SigningKey, VerifyingKey};
 use rsa::pkcs8::{DecodePrivateKey, DecodePublicKey};
-use rsa::signature::{SignatureEncoding, Signer, Verifier};
+use rsa::signature::{RandomizedSigner, SignatureEncoding, Verifier};
 use rsa::traits::PublicKeyParts;
 use rsa::{RsaPrivateKey, RsaPublicKey};
 use semver::Version;
@@ -26,6 +26,10 @@ pub const MANIFEST_NAME: &str = "manifest.json";
 pub const FORMAT: u32 = 1;
 /// Refuse artifacts larger than this before reading them (the agent is a few MB).
 pub const MAX_ARTIFACT_BYTES: u64 = 128 * 1024 * 1024;
+/// Largest detached signature read (an RSA-16384 signature is 2 KiB).
+pub const MAX_SIGNATURE_BYTES: u64 = 16 * 1024;
+/// Largest release public key file read.
+const MAX_KEY_FILE_BYTES: u64 = 64 * 1024;
 /// Shortest RSA modulus accepted for release keys.
 pub const MIN_KEY_BITS: usize = 2048;
 
@@ -74,12 +78,46 @@ pub fn sha256_hex(data: &[u8]) -> String {
 }
 
 /// Reads an RSA public key: SPKI (`BEGIN PUBLIC KEY`) or PKCS#1 (`BEGIN RSA PUBLIC KEY`) PEM.
+///
+/// The key decides what root installs, so a key file that anyone but root (or the user running
+/// the updater, which is root in production) could replace is refused, like the agent refuses a
+/// private key that others can read.
 pub fn load_public_key(path: &Path) -> Result<RsaPublicKey, UpdateError> {
-    let pem = std::fs::read_to_string(path).map_err(io_err(path))?;
-    parse_public_key(&pem).map_err(|reason| UpdateError::Key {
+    let key_err = |reason: String| UpdateError::Key {
         path: path.to_path_buf(),
         reason,
-    })
+    };
+    let file = std::fs::File::open(path).map_err(io_err(path))?;
+    let meta = file.metadata().map_err(io_err(path))?;
+    check_public_key_owner(&meta, super::system::effective_uid()).map_err(key_err)?;
+    let mut pem = String::new();
+    file.take(MAX_KEY_FILE_BYTES)
+        .read_to_string(&mut pem)
+        .map_err(io_err(path))?;
+    parse_public_key(&pem).map_err(key_err)
+}
+
+/// A regular file owned by root (or by `euid`), writable by nobody else.
+pub(crate) fn check_public_key_owner(meta: &std::fs::Metadata, euid: u32) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    if !meta.is_file() {
+        return Err("not a regular file".into());
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(format!(
+            "permissions {mode:04o} let group/others replace the release key; refusing it. \
+             Fix: `chown root:root` and `chmod 644` the key file"
+        ));
+    }
+    if meta.uid() != 0 && meta.uid() != euid {
+        return Err(format!(
+            "owned by uid {}, who could replace the release key; refusing it. \
+             Fix: `chown root:root` the key file",
+            meta.uid()
+        ));
+    }
+    Ok(())
 }
 
 fn parse_public_key(pem: &str) -> Result<RsaPublicKey, String> {
@@ -107,8 +145,23 @@ pub fn load_private_key(path: &Path) -> Result<RsaPrivateKey, UpdateError> {
 }
 
 /// Signs `data` (RSASSA-PKCS1-v1_5 with SHA-256); returns the raw signature bytes.
+///
+/// The private-key operation is blinded with fresh randomness from the OS (RUSTSEC-2023-0071:
+/// the `rsa` crate's unblinded path leaks timing about the key). PKCS#1 v1.5 signatures are
+/// deterministic, so blinding changes nothing in the output.
 pub fn sign_bytes(data: &[u8], key: &RsaPrivateKey) -> Vec<u8> {
-    SigningKey::<Sha256>::new(key.clone()).sign(data).to_vec()
+    sign_bytes_with_rng(data, key, &mut rsa::rand_core::OsRng)
+}
+
+/// [`sign_bytes`] with the blinding randomness drawn from `rng` (a CSPRNG).
+pub fn sign_bytes_with_rng(
+    data: &[u8],
+    key: &RsaPrivateKey,
+    rng: &mut impl rsa::rand_core::CryptoRngCore,
+) -> Vec<u8> {
+    SigningKey::<Sha256>::new(key.clone())
+        .sign_with_rng(rng, data)
+        .to_vec()
 }
 
 /// Checks a raw RSASSA-PKCS1-v1_5/SHA-256 signature of `data`.
@@ -150,24 +203,56 @@ pub fn sign_artifact(artifact: &Path, private_key: &Path) -> Result<PathBuf, Upd
 }
 
 pub(crate) fn read_limited(path: &Path) -> Result<Vec<u8>, UpdateError> {
-    let meta = std::fs::metadata(path).map_err(io_err(path))?;
-    if meta.len() > MAX_ARTIFACT_BYTES {
-        return Err(UpdateError::BadArtifact(format!(
-            "{} is {} bytes, more than the {} byte limit",
-            path.display(),
-            meta.len(),
-            MAX_ARTIFACT_BYTES
-        )));
+    read_regular_file(path, MAX_ARTIFACT_BYTES)
+}
+
+/// Reads at most `limit` bytes of the regular file at `path` (more is an error).
+///
+/// The limit is enforced on the bytes read from the opened descriptor, not on a `stat` of the
+/// path: the file is opened with `O_NOFOLLOW` (a final symlink, e.g. to `/dev/zero`, fails) and
+/// `O_NONBLOCK` (opening a FIFO does not wait for a writer), and must be a regular file by
+/// `fstat` of that very descriptor.
+pub(crate) fn read_regular_file(path: &Path, limit: u64) -> Result<Vec<u8>, UpdateError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                bad(format!("{} is a symbolic link", path.display()))
+            } else {
+                io_err(path)(e)
+            }
+        })?;
+    let meta = file.metadata().map_err(io_err(path))?;
+    if !meta.file_type().is_file() {
+        return Err(bad(format!("{} is not a regular file", path.display())));
     }
-    std::fs::read(path).map_err(io_err(path))
+    let too_big = |len: u64| {
+        bad(format!(
+            "{} is {len} bytes or more, over the {limit} byte limit",
+            path.display()
+        ))
+    };
+    if meta.len() > limit {
+        return Err(too_big(meta.len()));
+    }
+    let mut data = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    file.take(limit.saturating_add(1))
+        .read_to_end(&mut data)
+        .map_err(io_err(path))?;
+    if data.len() as u64 > limit {
+        return Err(too_big(data.len() as u64));
+    }
+    Ok(data)
 }
 
 /// Reads `artifact` and its `.sig`, verifies the signature against `key`, then parses it.
 /// Nothing of the artifact is interpreted before the signature has been checked.
 pub fn read_verified(artifact: &Path, key: &RsaPublicKey) -> Result<Artifact, UpdateError> {
     let data = read_limited(artifact)?;
-    let sig_path = signature_path(artifact);
-    let sig = std::fs::read(&sig_path).map_err(io_err(&sig_path))?;
+    let sig = read_regular_file(&signature_path(artifact), MAX_SIGNATURE_BYTES)?;
     verify_bytes(&data, &sig, key)?;
     parse(&data)
 }
@@ -176,10 +261,14 @@ fn bad(msg: impl Into<String>) -> UpdateError {
     UpdateError::BadArtifact(msg.into())
 }
 
-/// A relative path of normal components only (no `..`, no absolute path, no `.`).
+/// A relative path in canonical form: `/`-separated normal components, nothing else (no `..`,
+/// no `.`, no absolute path, no empty component from `//` or a trailing `/`). Only one spelling
+/// of a path is accepted, so `lib/x` and `lib//x` can never be two entries naming one file.
 fn safe_rel_path(p: &str) -> bool {
     !p.is_empty()
         && !p.contains('\0')
+        && p.split('/')
+            .all(|seg| !seg.is_empty() && seg != "." && seg != "..")
         && Path::new(p)
             .components()
             .all(|c| matches!(c, Component::Normal(_)))
@@ -200,8 +289,7 @@ pub fn parse(data: &[u8]) -> Result<Artifact, UpdateError> {
             .path()
             .map_err(|e| bad(format!("bad member name: {e}")))?
             .to_string_lossy()
-            .trim_end_matches('/')
-            .to_string();
+            .into_owned();
         if kind.is_dir() {
             continue;
         }

@@ -5,11 +5,16 @@
 //! 1. **Recover** from an interrupted earlier run ([`recover`]): remove half-unpacked directories and
 //!    unfinished links, finish or undo a switch whose health gate never decided, and make sure
 //!    `current` points at a complete, runnable version.
-//! 2. **Pick** an artifact: an explicit `badge-agent-<ver>.tar`, or the newest one in a spool
-//!    directory (`/var/lib/badge-agent-update/incoming`). Each needs a detached `<artifact>.sig`.
+//! 2. **Pick** an artifact: an explicit `badge-agent-<ver>.tar`, or from a spool directory
+//!    (`/var/lib/badge-agent-update/incoming`) every `badge-agent-<ver>.tar` newer than the
+//!    installed version, newest first. Each needs a detached `<artifact>.sig`.
 //! 3. **Verify** the signature against the release public key installed with the package
-//!    ([`DEFAULT_PUBLIC_KEY`]) *before* interpreting a single byte of the artifact, and parse the
-//!    tar from the very bytes that were verified.
+//!    ([`DEFAULT_PUBLIC_KEY`], refused unless only root can write it) *before* interpreting a
+//!    single byte of the artifact, and parse the tar from the very bytes that were verified.
+//!    Files are opened without following links and read up to a limit. In a spool, a candidate
+//!    that fails (bad signature, malformed, wrong architecture, not a regular file) is moved to
+//!    `<spool>/rejected/`, logged and reported, and the next older one is tried: one bad upload
+//!    never blocks later releases.
 //! 4. **Refuse downgrades**: the manifest's semantic version must be newer than the installed
 //!    `current` one (precedence order, build metadata ignored). An equal version is refused unless
 //!    `force_reinstall`; an older one always.
@@ -29,11 +34,13 @@
 //! RSASSA-PKCS1-v1_5 with SHA-256 via the `rsa` crate: the agent already carries that stack for
 //! Snowflake's RS256 key-pair JWTs, so updates add no second crypto library, and the signature
 //! format is what `openssl dgst -sha256 -sign` writes, so release scripts can use stock openssl.
-//! PKCS#1 v1.5 signatures are deterministic and have no practical weakness when verified with a
-//! strict decoder (as `rsa` does); PSS would buy nothing here. RUSTSEC-2023-0071 (Marvin, a timing
-//! side channel) concerns *private-key* operations: the gateway only ever verifies with a public key;
-//! signing happens on a release machine ([`sign_artifact`]), which must not be exposed to
-//! attacker-timed requests.
+//! PKCS#1 v1.5 signatures have no practical weakness when verified with a strict decoder (as
+//! `rsa` does); PSS would buy nothing here. RUSTSEC-2023-0071 (Marvin, a timing side channel in
+//! the `rsa` crate's private-key operation) applies to *signing*: [`sign_artifact`] therefore
+//! blinds every signature with fresh OS randomness ([`sign_bytes_with_rng`]), which hides the
+//! key-dependent timing the advisory describes; the output is unchanged (PKCS#1 v1.5 is
+//! deterministic). The gateway itself only ever verifies with a public key. Still, sign on a
+//! release machine that does not answer attacker-timed requests.
 //!
 //! # The buffer is never touched
 //!
@@ -70,10 +77,14 @@ use semver::Version;
 
 pub use artifact::{
     load_private_key, load_public_key, pack, pack_dir, parse, read_verified, sha256_hex,
-    sign_artifact, sign_bytes, signature_path, verify_bytes, Artifact, FileEntry, Manifest, FORMAT,
-    MANIFEST_NAME, MAX_ARTIFACT_BYTES, MIN_KEY_BITS,
+    sign_artifact, sign_bytes, sign_bytes_with_rng, signature_path, verify_bytes, Artifact,
+    FileEntry, Manifest, FORMAT, MANIFEST_NAME, MAX_ARTIFACT_BYTES, MAX_SIGNATURE_BYTES,
+    MIN_KEY_BITS,
 };
-pub use system::{ReadyzProbe, Systemctl};
+pub use system::{effective_uid, ReadyzProbe, Systemctl};
+
+/// Subdirectory of the spool that artifacts failing verification are moved into.
+pub const REJECTED_DIR: &str = "rejected";
 
 use layout::{Pending, CURRENT, PREVIOUS, STAGING_PREFIX};
 
@@ -167,6 +178,8 @@ pub enum UpdateOutcome {
         pruned: Vec<String>,
         /// What recovery did first.
         recovery: RecoveryReport,
+        /// Newer spool artifacts that failed verification and were moved aside (`name: reason`).
+        set_aside: Vec<String>,
     },
     /// Nothing newer was offered in the spool directory.
     UpToDate {
@@ -176,6 +189,8 @@ pub enum UpdateOutcome {
         newest_offered: Option<Version>,
         /// What recovery did first.
         recovery: RecoveryReport,
+        /// Spool artifacts that failed verification and were moved aside (`name: reason`).
+        set_aside: Vec<String>,
     },
 }
 
@@ -257,6 +272,15 @@ pub enum UpdateError {
         /// The version.
         version: Version,
     },
+    /// Every newer artifact in the spool failed verification; each was moved to
+    /// `<spool>/rejected/` so the next run does not trip over it again.
+    #[error("{} spool artifact(s) failed verification and were moved to {}: {}", .set_aside.len(), .dir.display(), .set_aside.join("; "))]
+    AllSetAside {
+        /// Where they went.
+        dir: PathBuf,
+        /// `name: reason` of each.
+        set_aside: Vec<String>,
+    },
     /// The install tree is not in a state this code created.
     #[error("install tree: {0}")]
     BadLayout(String),
@@ -327,33 +351,49 @@ pub fn run_update_with(
 
     let installed = installed_version(opts)?;
     let rejected = layout::read_rejected(root)?;
-    let path = match select_artifact(&opts.source, &installed, &rejected, opts.force_reinstall)? {
-        Selection::Use(p) => p,
-        Selection::UpToDate(newest_offered) => {
-            return Ok(UpdateOutcome::UpToDate {
-                installed,
-                newest_offered,
-                recovery,
-            })
-        }
-    };
+    let (candidates, from_spool) =
+        match select_artifacts(&opts.source, &installed, &rejected, opts.force_reinstall)? {
+            Selection::Use(c, from_spool) => (c, from_spool),
+            Selection::UpToDate(newest_offered) => {
+                return Ok(UpdateOutcome::UpToDate {
+                    installed,
+                    newest_offered,
+                    recovery,
+                    set_aside: Vec::new(),
+                })
+            }
+        };
+    // A bad key is not the artifacts' fault: stop before judging (and moving) any of them.
     let key = load_public_key(&opts.public_key)?;
-    let art = read_verified(&path, &key)?;
-    let offered = art.manifest.version.clone();
-    if let Some(expected) = version_from_file_name(&path) {
-        if expected.cmp_precedence(&offered).is_ne() {
-            return Err(UpdateError::BadArtifact(format!(
-                "{} contains version {offered}",
-                path.display()
-            )));
+    let mut set_aside = Vec::new();
+    let mut chosen = None;
+    for path in candidates {
+        match verify_candidate(&path, &key) {
+            Ok(art) => {
+                chosen = Some(art);
+                break;
+            }
+            Err(err) if from_spool => {
+                let name = path
+                    .file_name()
+                    .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+                let moved = set_aside_artifact(&opts.source, &path);
+                tracing::warn!(artifact = %name, error = %err, moved_to = ?moved.as_ref().ok(), "release artifact failed verification; set aside, trying the next older one");
+                set_aside.push(match moved {
+                    Ok(_) => format!("{name}: {err}"),
+                    Err(move_err) => format!("{name}: {err} (could not move it aside: {move_err})"),
+                });
+            }
+            Err(err) => return Err(err),
         }
     }
-    if art.manifest.arch != std::env::consts::ARCH {
-        return Err(UpdateError::WrongArch {
-            artifact: art.manifest.arch.clone(),
-            running: std::env::consts::ARCH.to_string(),
+    let Some(art) = chosen else {
+        return Err(UpdateError::AllSetAside {
+            dir: opts.source.join(REJECTED_DIR),
+            set_aside,
         });
-    }
+    };
+    let offered = art.manifest.version.clone();
     match offered.cmp_precedence(&installed) {
         std::cmp::Ordering::Less => return Err(UpdateError::Downgrade { installed, offered }),
         std::cmp::Ordering::Equal if !opts.force_reinstall => {
@@ -400,7 +440,54 @@ pub fn run_update_with(
         dir,
         pruned,
         recovery,
+        set_aside,
     })
+}
+
+/// Everything that makes an artifact unusable on this gateway whatever is installed: signature,
+/// structure, file name matching the signed version, architecture.
+fn verify_candidate(path: &Path, key: &rsa::RsaPublicKey) -> Result<Artifact, UpdateError> {
+    let art = read_verified(path, key)?;
+    let offered = &art.manifest.version;
+    if let Some(expected) = version_from_file_name(path) {
+        if expected.cmp_precedence(offered).is_ne() {
+            return Err(UpdateError::BadArtifact(format!(
+                "{} contains version {offered}",
+                path.display()
+            )));
+        }
+    }
+    if art.manifest.arch != std::env::consts::ARCH {
+        return Err(UpdateError::WrongArch {
+            artifact: art.manifest.arch.clone(),
+            running: std::env::consts::ARCH.to_string(),
+        });
+    }
+    Ok(art)
+}
+
+/// Moves a failed artifact and its signature into `<spool>/rejected/` (created 0700); returns
+/// the new artifact path.
+fn set_aside_artifact(spool: &Path, artifact: &Path) -> Result<PathBuf, UpdateError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = spool.join(REJECTED_DIR);
+    match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(io_err(&dir)(e)),
+    }
+    let name = artifact.file_name().ok_or_else(|| {
+        UpdateError::BadArtifact(format!("{} has no file name", artifact.display()))
+    })?;
+    let target = dir.join(name);
+    std::fs::rename(artifact, &target).map_err(io_err(artifact))?;
+    let sig = signature_path(artifact);
+    if sig.exists() || sig.symlink_metadata().is_ok() {
+        std::fs::rename(&sig, signature_path(&target)).map_err(io_err(&sig))?;
+    }
+    layout::fsync_dir(&dir)?;
+    layout::fsync_dir(spool)?;
+    Ok(target)
 }
 
 /// Version of `current` (its manifest), or the running binary's when nothing is installed.
@@ -412,7 +499,8 @@ fn installed_version(opts: &UpdateOptions) -> Result<Version, UpdateError> {
 }
 
 enum Selection {
-    Use(PathBuf),
+    /// Candidates, newest first, and whether they come from a spool directory.
+    Use(Vec<PathBuf>, bool),
     UpToDate(Option<Version>),
 }
 
@@ -423,11 +511,12 @@ fn version_from_file_name(path: &Path) -> Option<Version> {
     Version::parse(v).ok()
 }
 
-/// An explicit file is always used (and judged after verification). In a spool directory the
-/// newest `badge-agent-<ver>.tar` that has a `.sig` and was not rejected before is used if it is
-/// newer than `installed`; an old or equal one there just means "up to date", since the timer sees
+/// An explicit file is always used (and judged after verification). In a spool directory every
+/// `badge-agent-<ver>.tar` that has a `.sig`, was not rejected before and is newer than
+/// `installed` (or equal with `force`) is a candidate, newest first: the names are only a hint,
+/// each is verified in turn. Nothing newer there just means "up to date", since the timer sees
 /// the same spool every run.
-fn select_artifact(
+fn select_artifacts(
     source: &Path,
     installed: &Version,
     rejected: &[Version],
@@ -435,33 +524,36 @@ fn select_artifact(
 ) -> Result<Selection, UpdateError> {
     let meta = std::fs::metadata(source).map_err(io_err(source))?;
     if !meta.is_dir() {
-        return Ok(Selection::Use(source.to_path_buf()));
+        return Ok(Selection::Use(vec![source.to_path_buf()], false));
     }
-    let mut best: Option<(Version, PathBuf)> = None;
+    let mut offered: Vec<(Version, PathBuf)> = Vec::new();
     for entry in std::fs::read_dir(source).map_err(io_err(source))? {
         let path = entry.map_err(io_err(source))?.path();
         let Some(v) = version_from_file_name(&path) else {
             continue;
         };
-        if !signature_path(&path).is_file()
+        if signature_path(&path).symlink_metadata().is_err()
             || (!force && rejected.iter().any(|r| r.cmp_precedence(&v).is_eq()))
         {
             continue;
         }
-        if best
-            .as_ref()
-            .is_none_or(|(b, _)| v.cmp_precedence(b).is_gt())
-        {
-            best = Some((v, path));
-        }
+        offered.push((v, path));
     }
-    Ok(match best {
-        Some((v, p)) => match v.cmp_precedence(installed) {
-            std::cmp::Ordering::Greater => Selection::Use(p),
-            std::cmp::Ordering::Equal if force => Selection::Use(p),
-            _ => Selection::UpToDate(Some(v)),
-        },
-        None => Selection::UpToDate(None),
+    offered.sort_by(|a, b| b.0.cmp_precedence(&a.0).then_with(|| a.1.cmp(&b.1)));
+    let newest = offered.first().map(|(v, _)| v.clone());
+    let candidates: Vec<PathBuf> = offered
+        .into_iter()
+        .filter(|(v, _)| match v.cmp_precedence(installed) {
+            std::cmp::Ordering::Greater => true,
+            std::cmp::Ordering::Equal => force,
+            std::cmp::Ordering::Less => false,
+        })
+        .map(|(_, p)| p)
+        .collect();
+    Ok(if candidates.is_empty() {
+        Selection::UpToDate(newest)
+    } else {
+        Selection::Use(candidates, true)
     })
 }
 

@@ -1,11 +1,17 @@
 //! Production implementations of [`ServiceManager`] (systemctl) and [`HealthProbe`] (`/readyz`).
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
 use super::{HealthProbe, ServiceManager};
+
+/// The effective user id of this process (root checks: the updater, `doctor`).
+#[allow(unsafe_code)]
+pub fn effective_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions, cannot fail and touches no memory of ours.
+    unsafe { libc::geteuid() }
+}
 
 /// Drives systemd through `systemctl` (the update unit runs as root, so no polkit is involved).
 #[derive(Debug, Default, Clone, Copy)]
@@ -39,56 +45,38 @@ impl ServiceManager for Systemctl {
     }
 }
 
-/// `GET /readyz` on the agent's loopback health listener (`[health] listen`, default
-/// 127.0.0.1:9464); healthy means HTTP status 200. Plain HTTP/1.1 over std: no TLS on loopback.
-#[derive(Debug, Clone, Copy)]
+/// `GET /readyz` over the agent's private Unix socket (`[health] socket`, by default
+/// `/run/badge-agent/agent.sock`); healthy means HTTP status 200. Not the TCP port: a local
+/// process squatting it could otherwise pass or fail a release in the agent's name.
+#[derive(Debug, Clone)]
 pub struct ReadyzProbe {
-    /// Address of the health listener.
-    pub addr: SocketAddr,
+    /// The agent's private socket.
+    pub socket: PathBuf,
     /// Connect and read timeout per check.
     pub timeout: Duration,
 }
 
 impl ReadyzProbe {
-    /// Probe for `addr` with a 2 s timeout.
-    pub fn new(addr: SocketAddr) -> Self {
+    /// Probe for `socket` with a 2 s timeout.
+    pub fn new(socket: impl Into<PathBuf>) -> Self {
         Self {
-            addr,
+            socket: socket.into(),
             timeout: Duration::from_secs(2),
         }
+    }
+
+    /// The probe for the agent that runs with `config`.
+    pub fn for_config(config: &crate::config::Config) -> Self {
+        Self::new(config.health.resolved_socket(&config.buffer))
     }
 }
 
 impl HealthProbe for ReadyzProbe {
     fn check(&self) -> Result<(), String> {
-        let mut stream = TcpStream::connect_timeout(&self.addr, self.timeout)
-            .map_err(|e| format!("connect {}: {e}", self.addr))?;
-        stream
-            .set_read_timeout(Some(self.timeout))
-            .and_then(|()| stream.set_write_timeout(Some(self.timeout)))
-            .map_err(|e| format!("socket: {e}"))?;
-        let request = format!(
-            "GET /readyz HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            self.addr
-        );
-        stream
-            .write_all(request.as_bytes())
-            .map_err(|e| format!("send: {e}"))?;
-        // Only the status line matters; read until it is complete or the peer closes.
-        let mut buf = Vec::with_capacity(256);
-        let mut chunk = [0u8; 256];
-        while !buf.windows(2).any(|w| w == b"\r\n") && buf.len() < 4096 {
-            let n = stream.read(&mut chunk).map_err(|e| format!("read: {e}"))?;
-            if n == 0 {
-                break;
-            }
-            buf.extend_from_slice(&chunk[..n]);
-        }
-        let head = String::from_utf8_lossy(&buf);
-        let status_line = head.lines().next().unwrap_or("");
-        match status_line.split_whitespace().nth(1) {
-            Some("200") if status_line.starts_with("HTTP/1.") => Ok(()),
-            _ => Err(format!("/readyz answered `{status_line}`")),
+        match crate::health::server::fetch_private(&self.socket, "/readyz", self.timeout) {
+            Ok((200, _)) => Ok(()),
+            Ok((status, body)) => Err(format!("/readyz answered {status}: {}", body.trim())),
+            Err(e) => Err(e.to_string()),
         }
     }
 }

@@ -134,6 +134,32 @@ impl Env {
         self.run_failing(None)
     }
 
+    /// Runs with an explicit artifact instead of the spool.
+    fn run_file(&self, artifact: &Path) -> Result<UpdateOutcome, UpdateError> {
+        let mut opts = self.opts.clone();
+        opts.source = artifact.to_path_buf();
+        let mut svc = FakeSystemd {
+            root: self.root.clone(),
+            world: self.world.clone(),
+        };
+        let health = FakeHealth {
+            root: self.root.clone(),
+            world: self.world.clone(),
+        };
+        run_update(&opts, &mut svc, &health)
+    }
+
+    fn set_aside(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.spool.join(REJECTED_DIR))
+            .map(|d| {
+                d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
     fn run_failing(&self, fail: Option<FailPoint>) -> Result<UpdateOutcome, UpdateError> {
         let mut svc = FakeSystemd {
             root: self.root.clone(),
@@ -270,9 +296,17 @@ fn spool_directory_picks_newest_and_is_up_to_date_afterwards() {
 #[test]
 fn signature_from_another_key_is_refused_before_unpacking() {
     let env = Env::with_installed("1.0.0");
-    env.offer_signed_by("1.1.0", other_key());
-    let err = env.run().unwrap_err();
+    let path = env.offer_signed_by("1.1.0", other_key());
+    let err = env.run_file(&path).unwrap_err();
     assert!(matches!(err, UpdateError::BadSignature(_)), "{err}");
+    // From the spool: the same verdict, and the artifact is moved aside.
+    let err = env.run().unwrap_err();
+    assert!(matches!(err, UpdateError::AllSetAside { .. }), "{err}");
+    assert!(err.to_string().contains("signature"), "{err}");
+    assert_eq!(
+        env.set_aside(),
+        vec!["badge-agent-1.1.0.tar", "badge-agent-1.1.0.tar.sig"]
+    );
     assert_eq!(env.current().as_deref(), Some("1.0.0"));
     assert!(!env.root.join("1.1.0").exists());
     assert_eq!(
@@ -294,14 +328,14 @@ fn tampered_artifact_is_refused() {
         .unwrap();
     bytes[pos] ^= 0x20;
     std::fs::write(&path, &bytes).unwrap();
-    let err = env.run().unwrap_err();
+    let err = env.run_file(&path).unwrap_err();
     assert!(matches!(err, UpdateError::BadSignature(_)), "{err}");
     assert_eq!(env.current().as_deref(), Some("1.0.0"));
 
     // A missing or truncated signature is refused too.
     std::fs::write(signature_path(&path), b"short").unwrap();
     assert!(matches!(
-        env.run().unwrap_err(),
+        env.run_file(&path).unwrap_err(),
         UpdateError::BadSignature(_)
     ));
     std::fs::remove_file(signature_path(&path)).unwrap();
@@ -366,10 +400,216 @@ fn wrong_architecture_is_refused() {
     std::fs::write(&path, &bytes).unwrap();
     std::fs::write(signature_path(&path), sign_bytes(&bytes, release_key())).unwrap();
     assert!(matches!(
-        env.run().unwrap_err(),
+        env.run_file(&path).unwrap_err(),
         UpdateError::WrongArch { .. }
     ));
     assert_eq!(env.current().as_deref(), Some("1.0.0"));
+}
+
+#[test]
+fn one_bad_artifact_in_the_spool_does_not_block_later_updates() {
+    let env = Env::with_installed("1.0.0");
+    env.offer("1.1.0");
+    // Newest by name, but signed by someone else; and a newer-still one for another CPU.
+    env.offer_signed_by("99.0.0", other_key());
+    let bytes = artifact_bytes("100.0.0", "sparc64");
+    let path = env.spool.join("badge-agent-100.0.0.tar");
+    std::fs::write(&path, &bytes).unwrap();
+    std::fs::write(signature_path(&path), sign_bytes(&bytes, release_key())).unwrap();
+    match env.run().unwrap() {
+        UpdateOutcome::Updated { to, set_aside, .. } => {
+            assert_eq!(to, Version::new(1, 1, 0));
+            assert_eq!(set_aside.len(), 2, "{set_aside:?}");
+            assert!(
+                set_aside[0].starts_with("badge-agent-100.0.0.tar: "),
+                "{set_aside:?}"
+            );
+            assert!(set_aside[1].contains("signature"), "{set_aside:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    env.assert_current_runnable("1.1.0");
+    assert_eq!(env.set_aside().len(), 4, "both tars and both .sig files");
+    // The next release arrives and installs; nothing is in the way any more.
+    env.offer("1.2.0");
+    env.run().unwrap();
+    env.assert_current_runnable("1.2.0");
+}
+
+/// Runs `f` on a thread; fails (instead of hanging the suite) if it does not return in time.
+fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(Duration::from_secs(20))
+        .unwrap_or_else(|_| panic!("{what} did not return within 20 s"))
+}
+
+#[test]
+fn spool_files_that_are_not_regular_files_are_never_read() {
+    let env = Env::with_installed("1.0.0");
+    let good = env.offer("1.1.0");
+    // A FIFO: opening it for reading would wait for a writer forever.
+    let fifo = env.spool.join("badge-agent-3.0.0.tar");
+    let status = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo (coreutils) must be installed");
+    assert!(status.success());
+    std::fs::copy(signature_path(&good), signature_path(&fifo)).unwrap();
+    // A link to an endless device: reading it would fill memory.
+    let zero = env.spool.join("badge-agent-2.0.0.tar");
+    std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+    std::fs::copy(signature_path(&good), signature_path(&zero)).unwrap();
+    // A signature that is a link to an endless device.
+    let bytes = artifact_bytes("1.5.0", std::env::consts::ARCH);
+    let endless_sig = env.spool.join("badge-agent-1.5.0.tar");
+    std::fs::write(&endless_sig, &bytes).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", signature_path(&endless_sig)).unwrap();
+
+    let opts = env.opts.clone();
+    let (root, world) = (env.root.clone(), env.world.clone());
+    let root2 = root.clone();
+    let outcome = {
+        // FakeSystemd holds an Rc: run on this thread, but guard the blocking reads first.
+        let fifo2 = fifo.clone();
+        within("reading a FIFO artifact", move || {
+            artifact::read_limited(&fifo2)
+                .map(|d| d.len())
+                .map_err(|e| e.to_string())
+        })
+        .unwrap_err();
+        let zero2 = zero.clone();
+        within("reading /dev/zero through a link", move || {
+            artifact::read_limited(&zero2)
+                .map(|d| d.len())
+                .map_err(|e| e.to_string())
+        })
+        .unwrap_err();
+        let mut svc = FakeSystemd {
+            root,
+            world: world.clone(),
+        };
+        let health = FakeHealth { root: root2, world };
+        run_update(&opts, &mut svc, &health).unwrap()
+    };
+    match outcome {
+        UpdateOutcome::Updated { to, set_aside, .. } => {
+            assert_eq!(to, Version::new(1, 1, 0));
+            assert_eq!(set_aside.len(), 3, "{set_aside:?}");
+            assert!(set_aside[0].contains("not a regular file"), "{set_aside:?}");
+            assert!(set_aside[1].contains("symbolic link"), "{set_aside:?}");
+            assert!(set_aside[2].contains("symbolic link"), "{set_aside:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn oversized_artifacts_and_signatures_are_refused_without_reading_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let big = tmp.path().join("badge-agent-9.0.0.tar");
+    let f = std::fs::File::create(&big).unwrap();
+    f.set_len(MAX_ARTIFACT_BYTES + 1).unwrap(); // sparse: no disk used
+    let err = artifact::read_limited(&big).unwrap_err().to_string();
+    assert!(err.contains("limit"), "{err}");
+    let sig = signature_path(&big);
+    std::fs::File::create(&sig)
+        .unwrap()
+        .set_len(MAX_SIGNATURE_BYTES + 1)
+        .unwrap();
+    std::fs::File::create(&big).unwrap().set_len(10).unwrap();
+    let key = RsaPublicKey::from(release_key());
+    let err = read_verified(&big, &key).unwrap_err().to_string();
+    assert!(err.contains("limit"), "{err}");
+}
+
+#[test]
+fn a_release_key_others_could_replace_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    env.offer("1.0.0");
+    for mode in [0o666, 0o664, 0o646, 0o622] {
+        std::fs::set_permissions(&env.opts.public_key, std::fs::Permissions::from_mode(mode))
+            .unwrap();
+        let err = env.run().unwrap_err();
+        assert!(matches!(err, UpdateError::Key { .. }), "{mode:o}: {err}");
+        assert!(err.to_string().contains("chmod 644"), "{err}");
+    }
+    std::fs::set_permissions(&env.opts.public_key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    // Owned by another user: refused whatever the mode. As root, hand the file to a stranger; as
+    // anyone else the file is already not root's, so a different updater uid is the stranger.
+    let euid = system::effective_uid();
+    let (stranger_file, updater) = if euid == 0 {
+        std::os::unix::fs::chown(&env.opts.public_key, Some(4242), None).unwrap();
+        (true, 0)
+    } else {
+        (false, euid + 1)
+    };
+    let meta = std::fs::metadata(&env.opts.public_key).unwrap();
+    let err = artifact::check_public_key_owner(&meta, updater).unwrap_err();
+    assert!(err.contains("owned by uid"), "{err}");
+    if stranger_file {
+        assert!(matches!(env.run().unwrap_err(), UpdateError::Key { .. }));
+        std::os::unix::fs::chown(&env.opts.public_key, Some(0), None).unwrap();
+    }
+    let meta = std::fs::metadata(&env.opts.public_key).unwrap();
+    assert!(artifact::check_public_key_owner(&meta, euid).is_ok());
+    env.run().unwrap();
+    env.assert_current_runnable("1.0.0");
+    // The key is judged before any spool artifact, and nothing is moved aside for it.
+    env.offer("1.1.0");
+    std::fs::set_permissions(&env.opts.public_key, std::fs::Permissions::from_mode(0o666)).unwrap();
+    assert!(matches!(env.run().unwrap_err(), UpdateError::Key { .. }));
+    assert!(env.set_aside().is_empty());
+}
+
+#[test]
+fn non_canonical_member_paths_cannot_alias_one_file() {
+    // `lib/x` and `lib//x` name one file on disk; a tar holding both (each listed in the manifest
+    // with its own digest) would let the second silently replace the first at unpack.
+    let files = [
+        ("lib/x", b"first".as_slice()),
+        ("lib//x", b"second".as_slice()),
+    ];
+    let mut manifest = parse(&artifact_bytes("1.0.0", "aarch64")).unwrap().manifest;
+    for (path, data) in files {
+        manifest.files.push(FileEntry {
+            path: path.into(),
+            sha256: sha256_hex(data),
+            mode: 0o644,
+        });
+    }
+    assert!(check_manifest_err(&manifest).contains("unsafe path"));
+    let mut b = tar::Builder::new(Vec::new());
+    let mut raw = |name: &str, data: &[u8]| {
+        // Written byte for byte: `append_data` would normalise the name.
+        let mut h = tar::Header::new_gnu();
+        h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_cksum();
+        b.append(&h, data).unwrap();
+    };
+    raw(MANIFEST_NAME, &serde_json::to_vec(&manifest).unwrap());
+    let notice = parse(&artifact_bytes("1.0.0", "aarch64")).unwrap().files;
+    for (p, d, _) in &notice {
+        raw(p, d);
+    }
+    for (path, data) in files {
+        raw(path, data);
+    }
+    let err = parse(&b.into_inner().unwrap()).unwrap_err().to_string();
+    assert!(err.contains("unsafe path"), "{err}");
+    for bad in ["lib/", "./lib/x", "lib/./x", "lib/../x", "/lib/x"] {
+        manifest.files.last_mut().unwrap().path = bad.into();
+        assert!(
+            check_manifest_err(&manifest).contains("unsafe path"),
+            "{bad}"
+        );
+    }
 }
 
 #[test]
@@ -717,11 +957,11 @@ fn rolled_back_version_is_not_retried_by_the_timer() {
     env.assert_clean();
 }
 
-/// One-shot HTTP server on loopback answering every request with `status_line`.
-fn serve_once(status_line: &'static str) -> std::net::SocketAddr {
+/// One-shot HTTP server on a private Unix socket answering every request with `status_line`.
+fn serve_once(dir: &Path, status_line: &'static str) -> PathBuf {
     use std::io::{Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
+    let path = dir.join(format!("agent-{}.sock", status_line.len()));
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
     std::thread::spawn(move || {
         let (mut s, _) = listener.accept().unwrap();
         let mut buf = [0u8; 1024];
@@ -734,22 +974,60 @@ fn serve_once(status_line: &'static str) -> std::net::SocketAddr {
             body.len()
         );
     });
-    addr
+    path
 }
 
 #[test]
 fn readyz_probe_accepts_only_200() {
-    assert!(ReadyzProbe::new(serve_once("HTTP/1.1 200 OK"))
+    let tmp = tempfile::tempdir().unwrap();
+    assert!(ReadyzProbe::new(serve_once(tmp.path(), "HTTP/1.1 200 OK"))
         .check()
         .is_ok());
-    let err = ReadyzProbe::new(serve_once("HTTP/1.1 503 Service Unavailable"))
+    let err = ReadyzProbe::new(serve_once(tmp.path(), "HTTP/1.1 503 Service Unavailable"))
         .check()
         .unwrap_err();
     assert!(err.contains("503"), "{err}");
     // Nothing listening.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    assert!(ReadyzProbe::new(port).check().is_err());
+    assert!(ReadyzProbe::new(tmp.path().join("none.sock"))
+        .check()
+        .is_err());
+}
+
+/// Counts how often the signer draws randomness (blinding draws some for every signature).
+struct CountingRng(u64);
+
+impl rsa::rand_core::RngCore for CountingRng {
+    fn next_u32(&mut self) -> u32 {
+        self.0 += 1;
+        rsa::rand_core::OsRng.next_u32()
+    }
+    fn next_u64(&mut self) -> u64 {
+        self.0 += 1;
+        rsa::rand_core::OsRng.next_u64()
+    }
+    fn fill_bytes(&mut self, dest: &mut [u8]) {
+        self.0 += 1;
+        rsa::rand_core::OsRng.fill_bytes(dest);
+    }
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rsa::rand_core::Error> {
+        self.0 += 1;
+        rsa::rand_core::OsRng.try_fill_bytes(dest)
+    }
+}
+
+impl rsa::rand_core::CryptoRng for CountingRng {}
+
+#[test]
+fn release_signatures_are_blinded() {
+    let data = artifact_bytes("1.0.0", "aarch64");
+    let mut rng = CountingRng(0);
+    let blinded = sign_bytes_with_rng(&data, release_key(), &mut rng);
+    assert!(
+        rng.0 > 0,
+        "the private-key operation drew no randomness: it is not blinded"
+    );
+    let public = RsaPublicKey::from(release_key());
+    verify_bytes(&data, &blinded, &public).unwrap();
+    // PKCS#1 v1.5 is deterministic: blinding does not change the signature openssl would write.
+    assert_eq!(blinded, sign_bytes(&data, release_key()));
 }
