@@ -443,7 +443,7 @@ fn a_missing_file_is_reported() {
 fn a_link_outside_the_repository_or_untracked_is_reported() {
     let errors = run_fixture(&[(
         "docs/a.md",
-        "[outside](../../shared/reference/x.md) and [build output](../target/x.md)\n",
+        "[outside](../../elsewhere/notes.md) and [build output](../target/x.md)\n",
     )]);
     assert_eq!(errors.len(), 2, "{errors:#?}");
     assert!(errors[0].contains("outside the repository"), "{errors:#?}");
