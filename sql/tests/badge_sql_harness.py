@@ -2,7 +2,7 @@
 
 It deploys the real, unmodified ``.sql`` files in ``deploy_all.sql`` order into an in-process
 fakesnow (DuckDB) database and emulates what no local tool can run (see
-``/work/shared/reference/sql-testing.md`` §2, §6):
+``docs/sql-testing.md``):
 
 * ``CREATE STREAM … APPEND_ONLY`` → a view over the table past a stored offset (DuckDB ``rowid``),
   advanced when the DML reading it succeeds, as Snowflake does on commit;
@@ -43,7 +43,7 @@ STREAM_OFFSETS = f"{HARNESS_SCHEMA}.STREAM_OFFSETS"
 
 _DML_KEYWORDS = ("MERGE", "INSERT", "DELETE", "UPDATE")
 
-# Statement heads that only a real account can execute (§2 of the reference).
+# Statement heads that only a real account can execute (``docs/sql-testing.md``).
 _SKIP_PATTERNS = [
     r"USE\s+(ROLE|WAREHOUSE)\b",
     r"CREATE\s+(OR\s+REPLACE\s+)?(WAREHOUSE|ROLE|USER|NOTIFICATION\s+INTEGRATION)\b",
@@ -235,7 +235,7 @@ def _split_top_level_commas(text: str) -> list[str]:
 def parse_pipe(stmt: str) -> Pipe:
     """Reduce ``CREATE PIPE … AS COPY INTO … FROM (SELECT … FROM TABLE(DATA_SOURCE(…)))``.
 
-    Enforces the flat-SELECT rule (§5 rule 7): one expression per target column, no JOIN, WHERE,
+    Enforces the flat-SELECT rule (SQL rule 7 in the docs): one expression per target column, no JOIN, WHERE,
     GROUP BY or sub-select, and the streaming data source as the only FROM.
     """
     header, copy = split_at_top_level_as(stmt)

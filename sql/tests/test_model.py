@@ -1,5 +1,5 @@
 """Layer 2: the pipe mapping, dedup, SCD2 dimensions, fact, dynamic table and monitoring views,
-executed on real rows under fakesnow with the unmodified task bodies (reference sql-testing.md §6)."""
+executed on real rows under fakesnow with the unmodified task bodies (docs/sql-testing.md)."""
 
 from __future__ import annotations
 
@@ -401,7 +401,7 @@ def test_fake_snowflake_deploys_the_model_from_scratch() -> None:
 
 def test_task_merges_are_deterministic_under_native_merge(conn, monkeypatch) -> None:
     """fakesnow silently accepts a MERGE that hits one target row twice; Snowflake raises. Hand the
-    task MERGEs to DuckDB's native MERGE (which raises like Snowflake, reference §3.4) and run a
+    task MERGEs to DuckDB's native MERGE (which raises like Snowflake, docs/sql-testing.md) and run a
     scenario with duplicates, several SCD2 changes per batch and re-keying."""
     import fakesnow.cursor
 

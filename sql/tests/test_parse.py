@@ -1,5 +1,5 @@
 """Layer 1: every .sql file parses under sqruff's Snowflake grammar, plus project rules the
-grammar cannot check (reference sql-testing.md §4.1, §5)."""
+grammar cannot check (docs/sql-testing.md)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 //! NDJSON batching: rows (already-serialised JSON lines with their sequence numbers) become append
 //! payloads that stay under the 4 MB per-request limit *as sent*, i.e. after compression
-//! (reference §9). Pure apart from the compressors.
+//! (`docs/snowpipe-wire.md`, limits). Pure apart from the compressors.
 //!
 //! Strategy: fill a batch up to a conservative uncompressed budget (4 MiB by default, which zstd
 //! and gzip shrink well below 4 MB for JSON), compress it, and if the compressed body is still over

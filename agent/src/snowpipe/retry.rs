@@ -1,4 +1,4 @@
-//! Retry policy, sans I/O: how each answer is classified (reference §7, §13.2), exponential
+//! Retry policy, sans I/O: how each answer is classified (`docs/snowpipe-wire.md`), exponential
 //! backoff with jitter, the per-channel request-rate limiter, and the injectable clock.
 
 use std::collections::VecDeque;
