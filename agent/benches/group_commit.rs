@@ -1,5 +1,5 @@
 //! Group-commit micro-benchmark: swipes/s and flush + fsync latency per batch size, on the
-//! filesystem that will hold the buffer (`edge-buffering.md` §8.3 step 2).
+//! filesystem that will hold the buffer (`docs/durability.md`, group commit).
 //!
 //! Usage: `cargo bench -p badge-agent --bench group_commit -- [DIR] [SECONDS_PER_SIZE]`.
 //! DIR defaults to a temporary directory (put it on the SD card / eMMC under test).

@@ -273,7 +273,7 @@ mod tests {
 
     #[test]
     fn osdp_raw_layout() {
-        // reader-protocols.md §9.8: osdp_RAW, 26 bits = W3, data BD 88 EB 80.
+        // An OSDP osdp_RAW report: 26 bits = W3, data BD 88 EB 80.
         let b = Bits::from_msb_bytes(&[0xBD, 0x88, 0xEB, 0x80], 26).unwrap();
         assert_eq!(b, Bits::new(0x2F623AE, 26).unwrap());
         assert_eq!(

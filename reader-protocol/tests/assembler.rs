@@ -1,4 +1,4 @@
-//! Synthetic edge-timing traces for the Wiegand assembler (reader-protocols.md §5.4).
+//! Synthetic edge-timing traces for the Wiegand assembler (`docs/reader-formats.md`, capture).
 #![allow(clippy::unwrap_used)]
 
 use reader_protocol::wiegand::{

@@ -1,4 +1,4 @@
-//! Every test vector of reader-protocols.md §3.7 and §9 (Wiegand, keypad, failure signatures,
+//! Every test vector listed in `docs/reader-formats.md` (Wiegand, keypad, failure signatures,
 //! EM4100 cross-format, serial byte streams).
 #![allow(clippy::unwrap_used)]
 
@@ -40,7 +40,7 @@ fn check_vector(format: Format, wire: &str, hex: u128, f: CardFields) {
     ));
 }
 
-// §9.1 Wiegand, from external sources.
+// Wiegand, from external sources.
 #[test]
 fn w1_accessgrid() {
     check_vector(
@@ -96,7 +96,7 @@ fn w4_nedap() {
     );
 }
 
-// §9.2 generated.
+// Wiegand, generated.
 #[test]
 fn generated_h10301() {
     check_vector(
@@ -222,7 +222,7 @@ fn auto_errors_name_the_failure() {
     );
 }
 
-// §9.3 keypad.
+// Keypad.
 #[test]
 fn keypad_4bit_bursts() {
     let keys: Vec<Key> = ["0001", "0010", "0011", "0100", "1011"]
@@ -278,7 +278,7 @@ fn keypad_hid_26bit_pin() {
     assert!(p.pin.eq_str("1234"));
 }
 
-// §9.4 failure signatures.
+// Failure signatures.
 #[test]
 fn w3_bit_11_flipped_is_a_parity_failure() {
     let b = bits("10111101101010001110101110");
@@ -305,7 +305,7 @@ fn d0_d1_swapped_is_flagged() {
     assert!(auto.probably_swapped(), "{auto}");
 }
 
-// §3.7 / §9.5 EM4100 cross-format.
+// EM4100 cross-format.
 #[test]
 fn em4100_cross_format() {
     for (payload, cs, version, printed, fc, cn) in [
@@ -349,7 +349,7 @@ fn feed_all(
     f.feed(bytes, 0).collect()
 }
 
-// §9.6 serial byte streams.
+// Serial byte streams.
 #[test]
 fn r1_rdm6300() {
     let mut f = Em4100Framer::new(Em4100Framing::Rdm6300);

@@ -254,7 +254,7 @@ fn run_ours(
     cfg.extra_ca_file = Some(emu.ca_pem_path.clone());
     let mut client = SnowpipeClient::new(cfg).expect("building the client");
     // HTTP time of every append attempt, to tell the emulator's time from the client's own
-    // waiting (its 10 requests/s per channel limit, reference §9).
+    // waiting (its 10 requests/s per channel limit, docs/snowpipe-wire.md).
     let http = Arc::new(Mutex::new(Vec::new()));
     let sink = Arc::clone(&http);
     client.set_observer(Arc::new(move |e: &RequestEvent| {

@@ -95,7 +95,7 @@ mod tests {
 
     #[test]
     fn rdm6300_frame_matches_the_reference_layout() {
-        // Reference §6.1: STX, 10 hex, XOR checksum as 2 hex, ETX.
+        // RDM6300 (`docs/reader-formats.md`): STX, 10 hex, XOR checksum as 2 hex, ETX.
         let frame = rdm6300_frame(0x0A_0012_3456);
         assert_eq!(frame.len(), 14);
         assert_eq!(&frame[1..11], b"0A00123456");

@@ -3,7 +3,7 @@
 //!
 //! * `systemd-analyze verify` must pass without a single warning (unknown keys only warn, exit 0);
 //! * `systemd-analyze security --offline=true` must rate `badge-agent.service` at or below
-//!   [`MAX_AGENT_EXPOSURE`] (reference edge-buffering.md §5.6: the candidate unit scores 1.5), and
+//!   [`MAX_AGENT_EXPOSURE`] (`docs/systemd.md`: the hardened unit scores about 1.5), and
 //!   `badge-agent-update-recover.service` (the updater's `OnFailure=` unit) at or below
 //!   [`MAX_RECOVER_EXPOSURE`];
 //! * `systemd-sysusers` and `systemd-tmpfiles` must accept the sysusers.d/tmpfiles.d snippets
@@ -188,7 +188,7 @@ fn exposure_parser_reads_the_summary_line() {
 
 #[test]
 fn naive_unit_fails_the_exposure_gate() {
-    // Proves the gate discriminates: the reference's naive unit scores 9.6.
+    // Proves the gate discriminates: a naive unit scores about 9.6.
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("naive.service"),

@@ -1,4 +1,4 @@
-//! Durable write-ahead buffer for swipes on sled 0.34 (see `edge-buffering.md` §2–§3).
+//! Durable write-ahead buffer for swipes on sled 0.34 (contract: `docs/durability.md`).
 //!
 //! * Tree `q`: `seq` (u64 **big-endian**, so key order is sequence order) → record envelope
 //!   ([`record`]: format version + CRC32 + postcard [`SwipeRecord`](crate::row::SwipeRecord)).

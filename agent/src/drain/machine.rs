@@ -1,4 +1,4 @@
-//! Sans-IO drain state machine (§13.2 of `snowpipe-streaming-v2.md`).
+//! Sans-IO drain state machine (`docs/snowpipe-wire.md`, resume and drain algorithm).
 //!
 //! The caller asks [`Machine::next_action`] what to do, does it, and reports the outcome with
 //! [`Machine::handle`]. Time is a caller-supplied monotonic [`Duration`] (e.g. since start), so

@@ -1,5 +1,5 @@
-//! Exactly-once drain: buffer → Snowpipe Streaming Named channel (`snowpipe-streaming-v2.md` §13,
-//! `edge-buffering.md` §4).
+//! Exactly-once drain: buffer → Snowpipe Streaming Named channel (`docs/snowpipe-wire.md`,
+//! `docs/durability.md`).
 //!
 //! * [`machine`]: the sans-IO state machine. It decides *what* to do next (open, append from a
 //!   sequence number, poll the committed token, delete locally, back off, stop) and learns the

@@ -1,4 +1,4 @@
-//! Prometheus metrics of the agent (names and meanings: `shared/reference/edge-buffering.md` §7.1).
+//! Prometheus metrics of the agent (names, labels and meanings: `docs/metrics.md`).
 //!
 //! Counters end in `_total`, times are Unix timestamps in seconds ("when it happened, not the time
 //! since"), and every name carries the `badge_agent_` prefix.
@@ -18,14 +18,14 @@ pub type FloatGauge = Gauge<f64, AtomicU64>;
 /// `{reason}` label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
-    /// Why: `buffer_full`, `corrupt`, `invalid`, `stale_token`, ...
+    /// Drops: `buffer_full`, `corrupt`; reopens: `channel_invalid`, `unavailable`, `fatal`, `start`.
     pub reason: String,
 }
 
 /// `{op,code}` labels of Snowflake requests.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    /// `hostname`, `token`, `open`, `append`, `status`, `drop`.
+    /// `hostname`, `token`, `open_channel`, `append`, `channel_status`, `drop_channel`.
     pub op: String,
     /// HTTP status, or `transport` when no answer came.
     pub code: String,
@@ -43,7 +43,7 @@ pub struct ReaderLabel {
 pub struct ReaderErrorLabels {
     /// Reader id from the configuration.
     pub reader: String,
-    /// `open`, `framing`, `parity`, `checksum`, `timeout`, `overflow`, ...
+    /// `frame`, `wiegand`, `keypad`, `serial`, `open`, `disconnected`, `noise`, `gpio`, `config`.
     pub kind: String,
 }
 

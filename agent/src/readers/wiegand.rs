@@ -2,7 +2,7 @@
 //!
 //! D0 and D1 are requested together (one kernel queue, one sequence number across both lines),
 //! both edges, no kernel debounce, a 256-event kernel buffer, monotonic kernel timestamps
-//! (`reader-protocol.md` §5). The edges feed the sans-IO [`WiegandAssembler`]; the shell only adds
+//! (`docs/reader-formats.md`). The edges feed the sans-IO [`WiegandAssembler`]; the shell only adds
 //! the end-of-frame timer. Never poll the pins from user space: pulses last 20–100 µs.
 
 use std::path::PathBuf;

@@ -1,5 +1,5 @@
 //! Key-pair authentication: private-key loading, the public-key fingerprint, the key-pair JWT and
-//! the scoped (ingest) token cache (reference §8).
+//! the scoped (ingest) token cache (`docs/snowpipe-wire.md`, key-pair JWT).
 //!
 //! Everything except [`load_private_key`] (which reads a file) is pure: times are passed in as
 //! seconds since the Unix epoch so token renewal can be tested without waiting.
@@ -201,7 +201,7 @@ fn check_key_mode(_path: &Path, _meta: &std::fs::Metadata) -> Result<(), String>
     Ok(())
 }
 
-/// Normalises the configured account for `iss`/`sub` (reference §8.3): the text before the first
+/// Normalises the configured account for `iss`/`sub` (wire docs): the text before the first
 /// `.` (a `.` introduces a region/locator suffix), for `.global` accounts also cut at the first
 /// `-`, upper-cased. Underscores stay (the `_`→`-` rule is for the ingest host only).
 pub fn normalize_account(account: &str) -> String {
@@ -224,7 +224,7 @@ pub fn normalize_user(user: &str) -> String {
     user.trim().to_uppercase()
 }
 
-/// Claims of the key-pair JWT (reference §8.1). `iat`/`exp` are seconds, as documented.
+/// Claims of the key-pair JWT (`docs/snowpipe-wire.md`). `iat`/`exp` are seconds, as documented.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct JwtClaims {
     /// `<ACCOUNT>.<USER>.SHA256:<fingerprint>`.
@@ -515,7 +515,7 @@ pub(crate) mod tests {
 
     #[test]
     fn account_normalisation_table() {
-        // Reference §8.3, produced by the official client.
+        // Account/user mappings the official client produces (`docs/snowpipe-wire.md`).
         for (given, want) in [
             ("xy12345.us-east-1", "XY12345"),
             ("xy12345.us-east-1.global", "XY12345"),

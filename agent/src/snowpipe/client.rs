@@ -29,7 +29,7 @@ use super::transport::{
     UreqTransport,
 };
 
-/// Requests per second allowed per channel (reference §9).
+/// Requests per second allowed per channel (`docs/snowpipe-wire.md`, limits).
 pub const MAX_REQUESTS_PER_SEC_PER_CHANNEL: usize = 10;
 /// Channel names per bulk-status request (the official client's chunk size).
 pub const STATUS_CHUNK: usize = 100;
@@ -42,7 +42,7 @@ pub struct ClientConfig {
     /// Account URL: `https://myorg-acct.snowflakecomputing.com` or `https://127.0.0.1:18443`.
     /// HTTPS only; the port (default 443) is reused for the ingest host.
     pub account_url: String,
-    /// Account identifier as configured (normalised for the JWT per reference §8.3).
+    /// Account identifier as configured (normalised for the JWT, `docs/snowpipe-wire.md`).
     pub account: String,
     /// Service user (upper-cased in the JWT).
     pub user: String,

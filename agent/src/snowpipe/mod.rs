@@ -1,5 +1,5 @@
 //! Snowpipe Streaming v2 ("high-performance") REST client, as the official SDK speaks the
-//! protocol (`/work/shared/reference/snowpipe-streaming-v2.md`).
+//! protocol (`docs/snowpipe-wire.md`).
 //!
 //! Layout — sans-IO cores with one thin I/O shell:
 //!

@@ -1,5 +1,5 @@
 //! The wire protocol, sans I/O: request builders (method, URL, headers, body) and response parsers
-//! for the six endpoints the agent uses (reference §3–§4).
+//! for the six endpoints the agent uses (`docs/snowpipe-wire.md`).
 //!
 //! Builders produce an [`HttpRequest`] that the transport sends verbatim; parsers turn a body into
 //! typed structs and never panic on a hostile answer (they return [`ProtoError`]).
@@ -88,7 +88,7 @@ pub struct HttpRequest {
     pub method: Method,
     /// Absolute URL (`https://host:port/path?query`).
     pub url: String,
-    /// Headers in sending order (names lower-case except where the reference spells them).
+    /// Headers in sending order (names lower-case except where Snowflake's docs spell them).
     pub headers: Vec<(&'static str, String)>,
     /// Body; `None` means no body at all (GET, DELETE).
     pub body: Option<Vec<u8>>,
@@ -167,7 +167,7 @@ fn encode_query_value(s: &str) -> String {
     encode_path_segment(s)
 }
 
-/// `requestId` and `retryCount`, added to every request (§3.2). A retry keeps the id and increments
+/// `requestId` and `retryCount`, added to every request (wire docs). A retry keeps the id and increments
 /// the count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RequestMeta {
@@ -209,7 +209,7 @@ impl Default for RequestMeta {
     }
 }
 
-/// Body encoding of an append (§3.1).
+/// Body encoding of an append (`Content-Encoding`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ContentEncoding {
     /// `Content-Encoding: zstd` (the official client's default).
@@ -470,7 +470,7 @@ fn json_err(what: &str, e: serde_json::Error) -> ProtoError {
 }
 
 /// Parses the hostname answer: plain text (what production sends) or `{"hostname": …}` (the docs),
-/// then applies `_`→`-` (§2). The host must be bare (no scheme, port or path).
+/// then applies `_`→`-` (see two hosts). The host must be bare (no scheme, port or path).
 pub fn parse_hostname(body: &[u8]) -> Result<String, ProtoError> {
     let text = std::str::from_utf8(body)
         .map_err(|_| ProtoError("hostname answer is not UTF-8".into()))?
@@ -503,7 +503,7 @@ pub fn parse_hostname(body: &[u8]) -> Result<String, ProtoError> {
     Ok(host.replace('_', "-"))
 }
 
-/// A channel's status as the official client deserialises it (§4.4). Unknown fields are ignored.
+/// A channel's status as the official client deserialises it (docs). Unknown fields are ignored.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct ChannelStatus {
     /// Database.
@@ -562,7 +562,7 @@ impl ChannelStatus {
     }
 }
 
-/// A successful open (§4.4).
+/// A successful open (`docs/snowpipe-wire.md`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct OpenChannel {
     /// The first continuation token of this channel generation. Not a secret, but opaque.
@@ -616,7 +616,7 @@ pub fn parse_bulk_status(body: &[u8]) -> Result<HashMap<String, ChannelStatus>, 
     Ok(r.channel_statuses)
 }
 
-/// A Snowflake error body: `{"code": …, "message": …}` or `{"error_code": …, …}` (§6).
+/// A Snowflake error body: `{"code": …, "message": …}` or `{"error_code": …, …}` (docs).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
     /// The error code (string or number in the body, kept as text).

@@ -1,4 +1,4 @@
-//! Signed field updates of the agent binary (`badge-agent update`), reference edge-buffering.md §6.2.
+//! Signed field updates of the agent binary (`badge-agent update`), contract in `docs/updates.md`.
 //!
 //! Run by `badge-agent-update.service` (oneshot, started by a timer with a randomised delay):
 //!
@@ -47,7 +47,7 @@
 //! An update or rollback only changes files under the install root (`/usr/lib/badge-agent`). It never
 //! opens, migrates or rewrites the sled buffer in `/var/lib/badge-agent`; the buffer's on-disk format
 //! is versioned by its owner, and adjacent agent versions must read it in both directions so that a
-//! rollback is always safe (reference §6.2 step 6).
+//! rollback is always safe (`docs/updates.md`).
 //!
 //! # Release engineering
 //!

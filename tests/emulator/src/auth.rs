@@ -74,7 +74,7 @@ pub fn parse_public_key_pem(pem: &str) -> Result<RsaPublicKey, AuthError> {
         .map_err(|e| AuthError::BadKey(e.to_string()))
 }
 
-/// Account normalisation of §8.3: the text before the first `.`, upper-cased.
+/// Account normalisation (`docs/snowpipe-wire.md`): the text before the first `.`, upper-cased.
 pub fn normalise_account(account: &str) -> String {
     account.split('.').next().unwrap_or_default().to_uppercase()
 }

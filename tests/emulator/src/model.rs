@@ -421,7 +421,7 @@ impl Model {
             .collect()
     }
 
-    /// The official client's status field set (§4.4).
+    /// The official client's status field set (`docs/snowpipe-wire.md`).
     fn status_json(&self, ch: &Channel) -> Value {
         let p = &self.pipes[ch.pipe.min(self.pipes.len().saturating_sub(1))];
         json!({

@@ -316,7 +316,7 @@ impl EmulatorHandle {
         lock(&self.shared.model).ledger(None)
     }
 
-    /// Status objects of every channel (the §4.4 field set plus `uncommitted_batches`).
+    /// Status objects of every channel (the open answer's field set plus `uncommitted_batches`).
     pub fn channels(&self) -> Vec<Value> {
         lock(&self.shared.model).all_statuses()
     }
@@ -891,7 +891,7 @@ fn handle_inner(
                              // Dummy credentials: 1.9.1 refuses an S3 location without them. They are
                              // never usable: file mode fails on the 16-byte key before any upload.
                              "creds": {"AWS_KEY_ID": "EMULATOR", "AWS_SECRET_KEY": "emulator-not-a-secret", "AWS_TOKEN": "emulator"}});
-            // 16-byte key: file mode fails inside the client before any upload (§15.2).
+            // 16-byte key: file mode fails inside the client before any upload (see the wire docs).
             Ok(Response::json(
                 200,
                 &json!({

@@ -199,7 +199,7 @@ fn exactly_once(emu: &EmulatorHandle, channel: &str) -> Vec<u64> {
 fn sdk_open_append_commit_crash_resume_drop() {
     let f = fixture(Duration::from_millis(300));
 
-    // 1. Normal sequence (§15.3).
+    // 1. Normal sequence: open, append, commit wait, status, reopen, drop.
     let out = f.driver_ok("basic", "ch1", json!({}));
     assert_eq!(out["open_committed"], Value::Null);
     assert_eq!(out["open_status"], "SUCCESS");
@@ -229,7 +229,7 @@ fn sdk_open_append_commit_crash_resume_drop() {
         .any(|r| r.path.ends_with(":pipe-info") && r.status == 200));
     assert!(reqs.iter().any(|r| r.method == "DELETE" && r.status == 200));
 
-    // 2. Crash after an append, before the commit (§15.6). The commit is held back until the
+    // 2. Crash after an append, before the commit (resume). The commit is held back until the
     //    restarted client has seen a 409, so the test does not depend on machine speed.
     f.emu.set_commit_delay(Duration::from_secs(600));
     let crash = f.driver("crash", "gw01-rfid", json!({"first": 1, "last": 5}));
