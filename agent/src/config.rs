@@ -1614,7 +1614,6 @@ mod tests {
     }
 }
 
-
 /// `[heartbeat]`: a `heartbeat` row every `interval_secs`, so the Snowflake side can tell a quiet
 /// door from a dead gateway. Heartbeats yield to swipes: skipped (and counted) when the buffer
 /// is near full or the commit queue is busy.

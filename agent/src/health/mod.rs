@@ -222,7 +222,6 @@ impl Health {
         lock(&self.failed).iter().cloned().collect()
     }
 
-
     /// Ready, live, no part failed, and no swipe waiting for a retry of a failed commit.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
