@@ -18,11 +18,15 @@
 //! * Full disk: `max_bytes` (policy [`FullPolicy`]) plus a hard filesystem reserve; refusals and
 //!   drops are counted, write errors are returned, never swallowed.
 
+pub mod chunk;
 pub mod group;
+pub mod probation;
 pub mod record;
 pub mod store;
 
+pub use chunk::{ChunkError, CHUNK_FORMAT_VERSION};
 pub use group::{Ack, GroupCommitConfig, GroupCommitHandle, GroupCommitter, Submission};
+pub use probation::Probation;
 pub use record::{RecordError, RECORD_FORMAT_VERSION};
 pub use store::{
     Buffer, BufferError, BufferObserver, BufferOptions, BufferStats, DropReason, FullPolicy,
