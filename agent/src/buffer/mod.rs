@@ -29,7 +29,8 @@ pub use group::{Ack, GroupCommitConfig, GroupCommitHandle, GroupCommitter, Submi
 pub use probation::Probation;
 pub use record::{RecordError, RECORD_FORMAT_VERSION};
 pub use store::{
-    Buffer, BufferError, BufferObserver, BufferOptions, BufferStats, DropReason, FullPolicy,
+    format_marker_path, Buffer, BufferError, BufferObserver, BufferOptions, BufferStats,
+    DropReason, FullPolicy, BUFFER_FORMAT_CHUNKS,
 };
 
 #[cfg(test)]

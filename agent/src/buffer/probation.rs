@@ -4,6 +4,10 @@
 //! switched to) before it restarts the agent, and removes it only once the health gate passed.
 //! While that marker names the directory this binary runs from, a rollback to the previous
 //! release can still happen, so the buffer keeps writing the format that release reads.
+//!
+//! A rollback switches `current` back *before* it removes the marker and only then restarts the
+//! old release, so "`current` points elsewhere" counts as probation too: the dying new agent
+//! never writes chunks in that window.
 
 use std::path::{Path, PathBuf};
 
@@ -17,7 +21,8 @@ pub enum Probation {
     Never,
     /// Always on probation (tests of the rollback-compatible write path).
     Always,
-    /// On probation while `pending_file` exists and names `version_dir` as its target.
+    /// On probation while `pending_file` exists and names `version_dir` as its target, or while
+    /// the `current` link beside it points at another version directory.
     Marker {
         /// `<install root>/update-pending.json`.
         pending_file: PathBuf,
@@ -64,12 +69,21 @@ impl Probation {
             Probation::Marker {
                 pending_file,
                 version_dir,
-            } => match std::fs::read(pending_file) {
-                Ok(bytes) => marker_names(&bytes, version_dir),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
-                // Unreadable for another reason: an update may be in flight; stay compatible.
-                Err(_) => true,
-            },
+            } => {
+                let marked = match std::fs::read(pending_file) {
+                    Ok(bytes) => marker_names(&bytes, version_dir),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+                    // Unreadable for another reason: an update may be in flight; stay compatible.
+                    Err(_) => true,
+                };
+                let current = pending_file
+                    .parent()
+                    .map(|root| root.join(crate::update::layout::CURRENT))
+                    .and_then(|link| std::fs::read_link(link).ok());
+                // No `current` link: not an update layout (a development run).
+                let moved_away = current.is_some_and(|t| t.as_os_str() != version_dir.as_str());
+                marked || moved_away
+            }
         }
     }
 }
@@ -132,6 +146,12 @@ mod tests {
         )
         .unwrap();
         assert!(!p.active(), "the marker names another version");
+        std::fs::remove_file(root.path().join("update-pending.json")).unwrap();
+        std::os::unix::fs::symlink("2.0.0", root.path().join("current")).unwrap();
+        assert!(!p.active(), "confirmed: current is this version, no marker");
+        std::fs::remove_file(root.path().join("current")).unwrap();
+        std::os::unix::fs::symlink("1.0.0", root.path().join("current")).unwrap();
+        assert!(p.active(), "rolled back: current points at the old release");
         assert!(!Probation::Never.active());
         assert!(Probation::Always.active());
     }

@@ -24,6 +24,37 @@ pub const CHUNK_TREE: &str = "c";
 /// `meta` key: chunk format (u8), written before the first chunk ever is. From then on a release
 /// that cannot read chunks must not run on this buffer (the updater refuses such a rollback).
 pub const META_CHUNKS: &[u8] = b"chunk_format";
+/// What [`format_marker_path`] holds once chunks may exist: releases whose manifest lists it in
+/// `buffer_formats` read chunks; the updater refuses to switch to any other.
+pub const BUFFER_FORMAT_CHUNKS: &str = "chunks-1";
+
+/// `<buffer dir>.format`, beside the sled directory: written (and fsynced) before the first chunk
+/// is, so the updater can tell without opening the database (the running agent holds its lock).
+pub fn format_marker_path(buffer: &Path) -> PathBuf {
+    let name = buffer
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "buffer".into());
+    buffer.with_file_name(format!("{name}.format"))
+}
+
+fn write_format_marker(buffer: &Path) -> Result<(), BufferError> {
+    use std::io::Write;
+    let path = format_marker_path(buffer);
+    let err = |e: std::io::Error| BufferError::Sync {
+        path: path.clone(),
+        msg: e.to_string(),
+    };
+    let mut f = File::create(&path).map_err(err)?;
+    f.write_all(format!("{BUFFER_FORMAT_CHUNKS}\n").as_bytes())
+        .map_err(err)?;
+    f.sync_all().map_err(err)?;
+    if let Some(dir) = path.parent() {
+        File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
+    }
+    Ok(())
+}
+
 /// A chunk with fewer records than this is "small": the background merger joins it with its
 /// small neighbours.
 pub const SMALL_CHUNK: u32 = 128;
@@ -512,6 +543,12 @@ impl Buffer {
             Some(_) => {}
         }
         let chunks_marked = meta.get(META_CHUNKS)?.is_some();
+        if chunks_marked && !format_marker_path(&opts.path).exists() {
+            // Lost (e.g. a restored backup): the updater relies on it to refuse a bad rollback.
+            if let Err(e) = write_format_marker(&opts.path) {
+                warn!(error = %e, "cannot rewrite the buffer format marker");
+            }
+        }
         let legacy = !chunks_marked && c.first()?.is_none() && opts.probation.active();
 
         // I4: next_seq = max(last stored + 1, meta.next_seq, committed + 1); never generate_id().
@@ -723,7 +760,9 @@ impl Buffer {
             }
         } else {
             if !w.chunks_marked {
-                // Before the first chunk can exist: anyone reading meta learns chunks may be there.
+                // Before the first chunk can exist: the updater (marker file) and anyone reading
+                // meta learn that chunks may be there.
+                write_format_marker(&self.opts.path)?;
                 self.meta.insert(META_CHUNKS, &[CHUNK_FORMAT_VERSION])?;
                 w.chunks_marked = true;
             }

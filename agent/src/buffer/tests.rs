@@ -373,11 +373,20 @@ fn buffer_second_open_is_locked_not_quarantined() {
     assert!(matches!(err, BufferError::Locked(_)), "{err}");
     assert!(b.quarantined_to().is_none());
     assert_eq!(b.range_from(0, 10, usize::MAX).unwrap().len(), 1);
-    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+    let mut leftovers: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(leftovers, vec!["buffer".to_string()]);
+    leftovers.sort();
+    // The database and the format marker the updater reads; nothing moved aside.
+    assert_eq!(
+        leftovers,
+        vec!["buffer".to_string(), "buffer.format".to_string()]
+    );
+    assert_eq!(
+        std::fs::read_to_string(format_marker_path(&dir.path().join("buffer"))).unwrap(),
+        "chunks-1\n"
+    );
 }
 
 #[test]

@@ -84,8 +84,12 @@ pub fn run(args: &UpdateArgs, config_path: &Path) -> anyhow::Result<ExitCode> {
         }
         None => {}
     }
+    let mut buffer_path = None;
     let listen = match Config::load(config_path) {
-        Ok((config, _)) => config.health.listen,
+        Ok((config, _)) => {
+            buffer_path = Some(config.buffer.resolved_path());
+            config.health.listen
+        }
         // Recovery must work even if the configuration is broken: it only needs /readyz.
         Err(e) if args.recover_only => {
             tracing::warn!(error = %e, "configuration unreadable; recovering with the default health address");
@@ -100,6 +104,7 @@ pub fn run(args: &UpdateArgs, config_path: &Path) -> anyhow::Result<ExitCode> {
     opts.public_key.clone_from(&args.public_key);
     opts.install_root.clone_from(&args.root);
     opts.force_reinstall = args.force_reinstall;
+    opts.buffer_path = buffer_path;
     let mut systemd = Systemctl;
     let probe = ReadyzProbe::new(addr);
     if args.recover_only {
