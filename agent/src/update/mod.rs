@@ -593,7 +593,7 @@ fn can_read_buffer(opts: &UpdateOptions, dir: &str) -> Result<(), UpdateError> {
         Err(e) => return Err(io_err(&marker)(e)),
     };
     let m = layout::installed_manifest(&opts.install_root.join(dir))?;
-    if format.is_empty() || m.buffer_formats.iter().any(|f| *f == format) {
+    if format.is_empty() || m.buffer_formats.contains(&format) {
         return Ok(());
     }
     Err(UpdateError::BufferFormat {
