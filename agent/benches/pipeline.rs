@@ -2,14 +2,19 @@
 //!
 //! 1. durable swipes/s and swipe → durable latency (p50/p99) through group commit, with many
 //!    readers submitting at once (saturation) and at a steady site-like rate;
-//! 2. bytes on disk per buffered swipe, after buffering a backlog (default 1,000,000 swipes, as
-//!    after days offline);
-//! 3. the drain of that backlog by the real agent binary to the Snowpipe Streaming emulator on
-//!    loopback: rows/s until all are committed and until the local buffer is empty, the agent's
-//!    peak RSS meanwhile, and a ledger check that every swipe landed exactly once.
+//! 2. for each backlog size (default 100,000, 1,000,000 and 5,000,000 swipes, as after days
+//!    offline): bytes on disk per buffered swipe and the number of sled keys holding them;
+//! 3. the drain of each backlog by the real agent binary to the Snowpipe Streaming emulator on
+//!    loopback: how long the agent takes to open the buffer (spawn → first `/status` answer) and
+//!    its peak RSS by then, rows/s until all are committed and until the local buffer is empty,
+//!    the agent's peak RSS meanwhile, and a ledger check that every swipe landed exactly once;
+//! 4. the agent's idle RSS with 4 readers and an empty buffer.
 //!
-//! Usage: `cargo bench -p badge-agent --bench pipeline -- [--backlog N] [--seconds S] [--dir DIR]`
-//! (DIR: where the buffers live; put it on the SD card / eMMC under test; default a temp dir).
+//! It ends with the figures of the README's table in one block.
+//!
+//! Usage: `cargo bench -p badge-agent --bench pipeline -- [--backlogs N,N,…] [--seconds S]
+//! [--dir DIR]` (`--backlog N` for one size; DIR: where the buffers live; put it on the SD card /
+//! eMMC under test; default a temp dir).
 #![allow(missing_docs)]
 
 use std::collections::HashSet;
@@ -38,14 +43,14 @@ const STEADY_RATE: u64 = 1_000;
 const COMMIT_DELAY: Duration = Duration::from_millis(1_000);
 
 struct Args {
-    backlog: u64,
+    backlogs: Vec<u64>,
     seconds: f64,
     dir: Option<PathBuf>,
 }
 
 fn args() -> anyhow::Result<Args> {
     let mut a = Args {
-        backlog: 1_000_000,
+        backlogs: vec![100_000, 1_000_000, 5_000_000],
         seconds: 5.0,
         dir: None,
     };
@@ -53,14 +58,23 @@ fn args() -> anyhow::Result<Args> {
     while let Some(flag) = it.next() {
         let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
         match flag.as_str() {
-            "--backlog" => a.backlog = value()?.parse().context("--backlog")?,
+            "--backlog" => a.backlogs = vec![value()?.parse().context("--backlog")?],
+            "--backlogs" => {
+                a.backlogs = value()?
+                    .split(',')
+                    .map(|v| v.trim().parse().context("--backlogs"))
+                    .collect::<anyhow::Result<_>>()?
+            }
             "--seconds" => a.seconds = value()?.parse().context("--seconds")?,
             "--dir" => a.dir = Some(PathBuf::from(value()?)),
             // `cargo bench` passes `--bench`; other harness flags are not ours.
             _ => {}
         }
     }
-    ensure!(a.backlog > 0, "--backlog must be positive");
+    ensure!(
+        !a.backlogs.is_empty() && a.backlogs.iter().all(|n| *n > 0),
+        "backlog sizes must be positive"
+    );
     Ok(a)
 }
 
@@ -83,16 +97,84 @@ fn main() -> anyhow::Result<()> {
     );
     let dir = base.join(format!("group-{}", std::process::id()));
     let saturated = rt.block_on(saturation(&dir, args.seconds))?;
-    saturated.print(&format!("{SUBMITTERS} submitters back to back"), &dir)?;
+    let (sat_rate, _) = saturated.print(&format!("{SUBMITTERS} submitters back to back"), &dir)?;
     std::fs::remove_dir_all(&dir)?;
     let steady = rt.block_on(steady(&dir, args.seconds))?;
-    steady.print(&format!("steady {STEADY_RATE}/s offered"), &dir)?;
+    let (_, steady_p99) = steady.print(&format!("steady {STEADY_RATE}/s offered"), &dir)?;
     std::fs::remove_dir_all(&dir)?;
 
-    let dir = base.join(format!("backlog-{}", std::process::id()));
-    let result = backlog(&dir, args.backlog);
+    let mut drained = Vec::new();
+    for &n in &args.backlogs {
+        let dir = base.join(format!("backlog-{n}-{}", std::process::id()));
+        let result = backlog(&dir, n);
+        let _ = std::fs::remove_dir_all(&dir);
+        drained.push(result?);
+    }
+    let dir = base.join(format!("idle-{}", std::process::id()));
+    let idle = idle_rss(&dir);
     let _ = std::fs::remove_dir_all(&dir);
-    result
+    let idle_mb = idle?;
+
+    println!("\n== figures (README table; machine as above)");
+    let sizes: Vec<String> = drained.iter().map(|d| millions(d.n)).collect();
+    let rss: Vec<String> = drained
+        .iter()
+        .map(|d| format!("{:.1}", d.peak_rss_mb))
+        .collect();
+    println!(
+        "agent peak RSS draining {} backlog: {} MB",
+        sizes.join(" / "),
+        rss.join(" / ")
+    );
+    println!("idle RSS, 4 readers: {idle_mb:.1} MB");
+    if let Some(big) = drained.iter().max_by_key(|d| d.n) {
+        println!(
+            "opening a {}-swipe buffer: {:.2} s, {:.1} MB",
+            millions(big.n),
+            big.open.as_secs_f64(),
+            big.open_rss_mb
+        );
+    }
+    let per_swipe = drained
+        .iter()
+        .find(|d| d.n == 1_000_000)
+        .or_else(|| drained.first());
+    if let Some(d) = per_swipe {
+        println!(
+            "bytes on disk per buffered swipe ({}): {:.0}",
+            millions(d.n),
+            d.bytes_per_swipe
+        );
+        println!(
+            "{} backlog drained to the emulator: {:.1} s (all committed), {:.1} s (buffer empty)",
+            millions(d.n),
+            d.committed.as_secs_f64(),
+            d.emptied.as_secs_f64()
+        );
+    }
+    println!("durable swipes/s (saturation) / steady p99: {sat_rate:.0} / {steady_p99:.1} ms");
+    Ok(())
+}
+
+fn millions(n: u64) -> String {
+    if n.is_multiple_of(1_000_000) {
+        format!("{}M", n / 1_000_000)
+    } else if n.is_multiple_of(1_000) {
+        format!("{}k", n / 1_000)
+    } else {
+        n.to_string()
+    }
+}
+
+/// What one backlog run measured.
+struct Drained {
+    n: u64,
+    bytes_per_swipe: f64,
+    open: Duration,
+    open_rss_mb: f64,
+    committed: Duration,
+    emptied: Duration,
+    peak_rss_mb: f64,
 }
 
 /// Latencies of one group-commit run.
@@ -103,10 +185,12 @@ struct Run {
 }
 
 impl Run {
-    /// Prints the figures, with the bytes on disk per swipe of the buffer in `dir`.
-    fn print(mut self, label: &str, dir: &Path) -> anyhow::Result<()> {
+    /// Prints the figures, with the bytes on disk per swipe of the buffer in `dir`; returns
+    /// swipes/s and p99 (ms).
+    fn print(mut self, label: &str, dir: &Path) -> anyhow::Result<(f64, f64)> {
         self.latencies.sort_unstable();
         let l = &self.latencies;
+        let rate = self.swipes as f64 / self.elapsed.as_secs_f64();
         println!(
             "{label:<30} {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>8.0}",
             self.swipes as f64 / self.elapsed.as_secs_f64(),
@@ -115,7 +199,7 @@ impl Run {
             ms(l.last().copied().unwrap_or_default()),
             disk_usage(dir)?.1 as f64 / self.swipes.max(1) as f64,
         );
-        Ok(())
+        Ok((rate, ms(pct(l, 0.99))))
     }
 }
 
@@ -201,7 +285,7 @@ async fn steady(dir: &Path, seconds: f64) -> anyhow::Result<Run> {
 }
 
 /// Buffers `n` swipes, measures them on disk, then lets the agent binary drain them.
-fn backlog(dir: &Path, n: u64) -> anyhow::Result<()> {
+fn backlog(dir: &Path, n: u64) -> anyhow::Result<Drained> {
     println!("\n== backlog of {n} swipes");
     let buffer_dir = dir.join("buffer");
     let t0 = Instant::now();
@@ -216,6 +300,11 @@ fn backlog(dir: &Path, n: u64) -> anyhow::Result<()> {
             buffer.append_durable(&batch)?;
             next += batch.len() as u64;
         }
+        let (legacy, chunks) = buffer.key_counts();
+        println!(
+            "sled keys holding the backlog: {chunks} chunks + {legacy} legacy ({:.0} swipes/key)",
+            n as f64 / (chunks + legacy).max(1) as f64
+        );
     }
     let fill = t0.elapsed();
     let (apparent, allocated) = disk_usage(&buffer_dir)?;
@@ -299,6 +388,7 @@ count = 0
     );
     let deadline = t0 + Duration::from_secs(600);
     let (mut committed_at, mut emptied_at) = (None, None);
+    let mut opened: Option<(Duration, u64)> = None;
     let mut rss_hwm_kib = 0;
     while emptied_at.is_none() {
         if Instant::now() > deadline {
@@ -314,6 +404,10 @@ count = 0
             );
         }
         rss_hwm_kib = rss_hwm_kib.max(vm_hwm_kib(agent.0.id())?);
+        if opened.is_none() && buffer_depth(health).is_some() {
+            // The buffer is open once /status answers (the health server starts after it).
+            opened = Some((t0.elapsed(), vm_hwm_kib(agent.0.id())?));
+        }
         if committed_at.is_none() && rows_committed(&emulator.channels()) >= n {
             committed_at = Some(t0.elapsed());
         }
@@ -353,8 +447,92 @@ count = 0
         "  agent peak RSS while draining: {:.1} MB",
         rss_hwm_kib as f64 / 1024.0
     );
+    let (open, open_hwm_kib) = opened.unwrap_or_default();
+    println!(
+        "  buffer open (spawn -> first /status answer): {:.2} s, peak RSS by then {:.1} MB",
+        open.as_secs_f64(),
+        open_hwm_kib as f64 / 1024.0
+    );
     println!("  ledger: {n} rows, each swipe exactly once");
-    Ok(())
+    Ok(Drained {
+        n,
+        bytes_per_swipe: allocated as f64 / n as f64,
+        open,
+        open_rss_mb: open_hwm_kib as f64 / 1024.0,
+        committed,
+        emptied,
+        peak_rss_mb: rss_hwm_kib as f64 / 1024.0,
+    })
+}
+
+/// RSS of the agent with 4 simulated readers (one swipe/s each) and nothing to drain: it has no
+/// Snowflake to reach (a closed loopback port), as a gateway offline.
+fn idle_rss(dir: &Path) -> anyhow::Result<f64> {
+    std::fs::create_dir_all(dir)?;
+    let key = generate_private_key(2048).map_err(anyhow::Error::msg)?;
+    let key_path = dir.join("rsa_key.p8");
+    write_private_key(&key_path, &key)?;
+    let health = free_loopback_port()?;
+    let unreachable = free_loopback_port()?;
+    let mut readers = String::new();
+    for i in 0..4 {
+        readers.push_str(&format!(
+            "[[reader]]\nid = \"door-{i}\"\nkind = \"simulated\"\nrate_per_sec = 1.0\n"
+        ));
+    }
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "gateway_id = \"{GATEWAY}\"\n[buffer]\npath = \"{}\"\n[snowflake]\naccount = \"idle\"\nurl = \"https://{unreachable}\"\nuser = \"u\"\nprivate_key_file = \"{}\"\ndatabase = \"D\"\nschema = \"S\"\npipe = \"P\"\n[health]\nlisten = \"{health}\"\n{readers}",
+            dir.join("buffer").display(),
+            key_path.display(),
+        ),
+    )?;
+    let log = dir.join("agent.log");
+    let mut agent = AgentProcess(
+        Command::new(env!("CARGO_BIN_EXE_badge-agent"))
+            .args(["--log", "stderr", "--config"])
+            .arg(&config)
+            .arg("run")
+            .env("RUST_LOG", "error")
+            .env("MALLOC_ARENA_MAX", "2")
+            .env("HTTPS_PROXY", "http://127.0.0.1:9")
+            .env("NO_PROXY", "127.0.0.1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .context("starting the agent")?,
+    );
+    std::thread::sleep(Duration::from_secs(10));
+    if let Some(status) = agent.0.try_wait()? {
+        bail!(
+            "idle agent exited ({status}); log:\n{}",
+            std::fs::read_to_string(&log)?
+        );
+    }
+    ensure!(
+        buffer_depth(health).is_some(),
+        "idle agent's /status does not answer; log: {}",
+        log.display()
+    );
+    let rss = vm_rss_kib(agent.0.id())?;
+    println!(
+        "\n== idle, 4 readers at 1 swipe/s, Snowflake unreachable: RSS {:.1} MB",
+        rss as f64 / 1024.0
+    );
+    Ok(rss as f64 / 1024.0)
+}
+
+/// Current resident set of a process (`VmRSS`, KiB).
+fn vm_rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS in /proc/<pid>/status")
 }
 
 /// Kills the agent when dropped, so a failed bench leaves no process behind.

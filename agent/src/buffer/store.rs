@@ -11,11 +11,59 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tracing::{error, info, warn};
 
+use super::chunk::{self, ChunkBuilder, CHUNK_FORMAT_VERSION};
+use super::probation::Probation;
 use super::record::{self, RECORD_FORMAT_VERSION};
 use crate::row::SwipeRecord;
 
-/// Name of the tree holding `seq (u64 BE) → record envelope`.
+/// Name of the legacy tree holding `seq (u64 BE) → record envelope`, one key per swipe (what
+/// releases before chunks wrote, and what this one writes while on probation).
 pub const QUEUE_TREE: &str = "q";
+/// Name of the tree holding `first seq (u64 BE) → chunk` (see [`super::chunk`]).
+pub const CHUNK_TREE: &str = "c";
+/// `meta` key: chunk format (u8), written before the first chunk ever is. From then on a release
+/// that cannot read chunks must not run on this buffer (the updater refuses such a rollback).
+pub const META_CHUNKS: &[u8] = b"chunk_format";
+/// What [`format_marker_path`] holds once chunks may exist: releases whose manifest lists it in
+/// `buffer_formats` read chunks; the updater refuses to switch to any other.
+pub const BUFFER_FORMAT_CHUNKS: &str = "chunks-1";
+
+/// `<buffer dir>.format`, beside the sled directory: written (and fsynced) before the first chunk
+/// is, so the updater can tell without opening the database (the running agent holds its lock).
+pub fn format_marker_path(buffer: &Path) -> PathBuf {
+    let name = buffer
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "buffer".into());
+    buffer.with_file_name(format!("{name}.format"))
+}
+
+fn write_format_marker(buffer: &Path) -> Result<(), BufferError> {
+    use std::io::Write;
+    let path = format_marker_path(buffer);
+    let err = |e: std::io::Error| BufferError::Sync {
+        path: path.clone(),
+        msg: e.to_string(),
+    };
+    let mut f = File::create(&path).map_err(err)?;
+    f.write_all(format!("{BUFFER_FORMAT_CHUNKS}\n").as_bytes())
+        .map_err(err)?;
+    f.sync_all().map_err(err)?;
+    if let Some(dir) = path.parent() {
+        File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
+    }
+    Ok(())
+}
+
+/// A chunk with fewer records than this is "small": the background merger joins it with its
+/// small neighbours.
+pub const SMALL_CHUNK: u32 = 128;
+/// Most records the merger puts into one chunk (~25–40 KB compressed, one sled value).
+pub const MERGE_TARGET: u32 = 512;
+/// How often the merger looks at the tail for small chunks.
+const MERGE_EVERY: Duration = Duration::from_millis(500);
+/// How often a buffer on probation looks whether the updater's marker is gone.
+const PROBATION_RECHECK: Duration = Duration::from_secs(1);
 /// Name of the tree holding the buffer's bookkeeping.
 pub const META_TREE: &str = "meta";
 /// `meta` key: the sequence high-water mark (u64 BE): the next sequence number to assign.
@@ -63,6 +111,13 @@ pub struct BufferOptions {
     /// sled background flush interval; kept as a second line of defence, group commit does not
     /// depend on it.
     pub flush_every_ms: Option<u64>,
+    /// Whether this agent is a freshly installed version the updater may still roll back; while
+    /// it is (and no chunk was ever written), new swipes are written one key per swipe in the
+    /// legacy tree, which the previous release reads.
+    pub probation: Probation,
+    /// Merge small chunks on a background thread (tests turn it off and call
+    /// [`Buffer::merge_now`] to interleave merges deterministically).
+    pub merge_in_background: bool,
 }
 
 impl BufferOptions {
@@ -76,6 +131,8 @@ impl BufferOptions {
             full_policy: FullPolicy::RefuseNew,
             cache_capacity: 8 * 1024 * 1024,
             flush_every_ms: Some(500),
+            probation: Probation::Never,
+            merge_in_background: true,
         }
     }
 
@@ -85,6 +142,7 @@ impl BufferOptions {
         o.max_bytes = cfg.max_bytes;
         o.cache_capacity = cfg.cache_bytes;
         o.min_free_bytes = cfg.min_free_bytes;
+        o.probation = Probation::from_current_exe();
         o.full_policy = match cfg.full_policy {
             crate::config::FullPolicy::RefuseNew => FullPolicy::RefuseNew,
             crate::config::FullPolicy::DropOldest => FullPolicy::DropOldest,
@@ -226,17 +284,65 @@ struct Counters {
 /// The durable swipe buffer. `Sync`: share it (`Arc`) between the group committer and the drain.
 pub struct Buffer {
     db: sled::Db,
+    /// Legacy tree: one key per swipe.
     q: sled::Tree,
+    /// Chunk tree: one key per run of consecutive swipes.
+    c: sled::Tree,
     meta: sled::Tree,
     opts: BufferOptions,
-    /// Serialises writers; holds `next_seq`.
-    writer: Mutex<u64>,
+    /// Serialises writers; holds `next_seq` and the write format.
+    writer: Mutex<Writer>,
     next_seq_view: AtomicU64,
     /// committed + 1, 0 = none.
     committed_view: AtomicU64,
+    /// Records below this were counted in `sent_total` (so a partly committed chunk that stays
+    /// on disk is not counted twice).
+    sent_from: AtomicU64,
+    /// Serialises everything that rewrites or removes chunks (merge, delete, drop-oldest,
+    /// renumbering) with the drain's read, so a read never sees half a merge.
+    maint: Arc<Mutex<()>>,
+    merger: Option<Merger>,
     counters: Counters,
     quarantined_to: Option<PathBuf>,
     observer: Option<Arc<dyn BufferObserver>>,
+}
+
+/// State of the single writer.
+struct Writer {
+    next: u64,
+    /// Write one key per swipe in the legacy tree (probation), else chunks.
+    legacy: bool,
+    /// `meta.chunk_format` is known to be on disk.
+    chunks_marked: bool,
+    /// Last time the probation marker was looked at.
+    checked: Instant,
+}
+
+/// The background merger thread and how to stop it.
+struct Merger {
+    shared: Arc<MergeSignal>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct MergeSignal {
+    /// (stop requested, new small chunk written)
+    state: Mutex<(bool, bool)>,
+    wake: std::sync::Condvar,
+}
+
+impl Drop for Buffer {
+    fn drop(&mut self) {
+        if let Some(m) = &mut self.merger {
+            m.shared.state.lock().unwrap_or_else(|p| p.into_inner()).0 = true;
+            m.shared.wake.notify_all();
+            if let Some(t) = m.thread.take() {
+                // The thread holds a clone of the database: join it so sled's lock is released
+                // when the buffer is dropped (a restart in the same process reopens at once).
+                let _ = t.join();
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Buffer {
@@ -421,8 +527,11 @@ impl Buffer {
             }
         };
         let q = db.open_tree(QUEUE_TREE)?;
+        let c = db.open_tree(CHUNK_TREE)?;
         let meta = db.open_tree(META_TREE)?;
 
+        // The record format stays what the previous release wrote and checks (it warns on any
+        // other value); chunks are announced under their own key.
         match meta.get(META_FORMAT)? {
             None => {
                 meta.insert(META_FORMAT, &[RECORD_FORMAT_VERSION])?;
@@ -434,10 +543,25 @@ impl Buffer {
             ),
             Some(_) => {}
         }
+        let chunks_marked = meta.get(META_CHUNKS)?.is_some();
+        if chunks_marked && !format_marker_path(&opts.path).exists() {
+            // Lost (e.g. a restored backup): the updater relies on it to refuse a bad rollback.
+            if let Err(e) = write_format_marker(&opts.path) {
+                warn!(error = %e, "cannot rewrite the buffer format marker");
+            }
+        }
+        let legacy = !chunks_marked && c.first()?.is_none() && opts.probation.active();
 
-        // I4: next_seq = max(q.last + 1, meta.next_seq, committed + 1); never Db::generate_id().
-        let last_plus_one = match q.last()? {
+        // I4: next_seq = max(last stored + 1, meta.next_seq, committed + 1); never generate_id().
+        let legacy_end = match q.last()? {
             Some((k, _)) => be_u64(&k).map_or(0, |k| k.saturating_add(1)),
+            None => 0,
+        };
+        let chunk_end = match c.last()? {
+            Some((k, v)) => be_u64(&k).map_or(0, |k| {
+                // A corrupt last chunk still proves its first seq was handed out.
+                k.saturating_add(chunk::count(&v).map_or(1, u64::from))
+            }),
             None => 0,
         };
         let meta_next = meta
@@ -445,27 +569,56 @@ impl Buffer {
             .and_then(|v| be_u64(&v))
             .unwrap_or(0);
         let committed = meta.get(META_LAST_COMMITTED)?.and_then(|v| be_u64(&v));
-        let next_seq = last_plus_one
+        let next_seq = legacy_end
+            .max(chunk_end)
             .max(meta_next)
             .max(committed.map_or(0, |c| c.saturating_add(1)));
         if next_seq != meta_next {
             meta.insert(META_NEXT_SEQ, &next_seq.to_be_bytes())?;
         }
+        // Puts the bookkeeping on disk now, so `size_on_disk` is never 0 for an open buffer (a
+        // fresh one would otherwise pass `max_bytes = 1` until sled's first background flush).
+        db.flush()?;
         info!(
             path = %opts.path.display(),
             next_seq,
             committed = ?committed,
             recovered = db.was_recovered(),
+            writes = if legacy { "legacy (update on probation)" } else { "chunks" },
             "buffer open"
         );
 
+        let maint = Arc::new(Mutex::new(()));
+        let merger = opts.merge_in_background.then(|| {
+            let shared = Arc::new(MergeSignal::default());
+            let (tree, lock, sig) = (c.clone(), Arc::clone(&maint), Arc::clone(&shared));
+            // Start at the last chunk: earlier ones were merged by the previous run (or are
+            // big). Only small chunks written from now on (and that tail) are looked at.
+            let cursor = chunk_end.saturating_sub(u64::from(MERGE_TARGET));
+            let thread = std::thread::Builder::new()
+                .name("buffer-merge".into())
+                .spawn(move || merge_loop(&tree, &lock, &sig, cursor))
+                .ok();
+            Merger { shared, thread }
+        });
+
+        let committed_plus_one = committed.map_or(0, |c| c.saturating_add(1));
         Ok(Buffer {
             db,
             q,
+            c,
             meta,
-            writer: Mutex::new(next_seq),
+            writer: Mutex::new(Writer {
+                next: next_seq,
+                legacy,
+                chunks_marked,
+                checked: Instant::now(),
+            }),
             next_seq_view: AtomicU64::new(next_seq),
-            committed_view: AtomicU64::new(committed.map_or(0, |c| c.saturating_add(1))),
+            committed_view: AtomicU64::new(committed_plus_one),
+            sent_from: AtomicU64::new(committed_plus_one),
+            maint,
+            merger,
             counters: Counters::default(),
             quarantined_to,
             observer,
@@ -483,10 +636,19 @@ impl Buffer {
         self.quarantined_to.as_deref()
     }
 
-    fn lock_writer(&self) -> MutexGuard<'_, u64> {
+    /// Whether new swipes are currently written one key per swipe (probation), not as chunks.
+    pub fn writes_legacy(&self) -> bool {
+        self.lock_writer().legacy
+    }
+
+    fn lock_writer(&self) -> MutexGuard<'_, Writer> {
         // A panic while holding the lock cannot leave next_seq lower than what is on disk
         // (it is only ever raised), so a poisoned lock is safe to keep using.
         self.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_maint(&self) -> MutexGuard<'_, ()> {
+        self.maint.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn flush_and_sync(&self) -> Result<Duration, BufferError> {
@@ -539,19 +701,37 @@ impl Buffer {
         }
     }
 
-    /// Group commit: assigns consecutive sequence numbers to `recs`, writes them and
-    /// `meta.next_seq`, then `flush()` **and** `sync_all()` on every file of the database. Only
-    /// when that succeeded are the assigned sequence numbers returned — that is the
-    /// acknowledgement. Any error means "not acknowledged"; nothing is lost silently.
+    /// Counts `n` corrupt records starting at `seq` once, even though a rewind reads them again.
+    fn note_corrupt(&self, seq: u64, n: u64, what: &dyn std::fmt::Display) {
+        let prev = self
+            .counters
+            .corrupt_hi
+            .fetch_max(seq.saturating_add(n), Ordering::Relaxed);
+        if prev <= seq {
+            error!(seq, records = n, error = %what, reason = "corrupt", "corrupt buffered record skipped");
+            self.note_drop(DropReason::Corrupt, n, false);
+        }
+    }
+
+    /// Group commit: assigns consecutive sequence numbers to `recs`, writes them (one chunk, or
+    /// one key each while on probation) and `meta.next_seq`, then `flush()` **and** `sync_all()`
+    /// on every file of the database. Only when that succeeded are the assigned sequence numbers
+    /// returned — that is the acknowledgement. Any error means "not acknowledged"; nothing is
+    /// lost silently.
     pub fn append_durable(&self, recs: &[SwipeRecord]) -> Result<Range<u64>, BufferError> {
-        let mut next = self.lock_writer();
+        let mut w = self.lock_writer();
         let n = recs.len() as u64;
         if n == 0 {
-            return Ok(*next..*next);
+            return Ok(w.next..w.next);
+        }
+        if w.legacy && w.checked.elapsed() >= PROBATION_RECHECK {
+            w.checked = Instant::now();
+            if !self.opts.probation.active() {
+                info!("update confirmed (no pending marker names this version); writing chunks from now on");
+                w.legacy = false;
+            }
         }
 
-        let mut batch = sled::Batch::default();
-        let mut dropping = 0u64;
         if self.opts.min_free_bytes > 0 {
             // Not all filesystems answer statvfs (e.g. some FUSE mounts): then only max_bytes applies.
             if let Ok(free) = fs2::available_space(&self.opts.path) {
@@ -570,6 +750,10 @@ impl Buffer {
                 }
             }
         }
+        let mut q_batch = sled::Batch::default();
+        let mut c_batch = sled::Batch::default();
+        let mut dropping = 0u64;
+        let mut maint_guard = None;
         let size = self.db.size_on_disk()?;
         if size >= self.opts.max_bytes {
             match self.opts.full_policy {
@@ -587,23 +771,34 @@ impl Buffer {
                     });
                 }
                 FullPolicy::DropOldest => {
-                    // Committed-but-not-yet-deleted records are not losses: skip them.
-                    let from = self.committed().map_or(0, |c| c.saturating_add(1));
-                    for item in self.q.range(from.to_be_bytes()..).keys().take(recs.len()) {
-                        batch.remove(item?);
-                        dropping += 1;
-                    }
+                    // Held until the batches are applied so no merge rewrites what we drop.
+                    maint_guard = Some(self.lock_maint());
+                    dropping = self.plan_drop_oldest(n, &mut q_batch, &mut c_batch)?;
                 }
             }
         }
 
-        let start = *next;
-        for (i, rec) in recs.iter().enumerate() {
-            batch.insert(&(start + i as u64).to_be_bytes(), record::encode(rec));
+        let start = w.next;
+        if w.legacy {
+            for (i, rec) in recs.iter().enumerate() {
+                q_batch.insert(&(start + i as u64).to_be_bytes(), record::encode(rec));
+            }
+        } else {
+            if !w.chunks_marked {
+                // Before the first chunk can exist: the updater (marker file) and anyone reading
+                // meta learn that chunks may be there.
+                write_format_marker(&self.opts.path)?;
+                self.meta.insert(META_CHUNKS, &[CHUNK_FORMAT_VERSION])?;
+                w.chunks_marked = true;
+            }
+            c_batch.insert(&start.to_be_bytes(), chunk::encode(recs));
         }
-        self.q.apply_batch(batch)?;
+        // Drops of the oldest records and the new records go to disk in one batch per tree.
+        self.q.apply_batch(q_batch)?;
+        self.c.apply_batch(c_batch)?;
+        drop(maint_guard);
         // From here the keys may exist on disk: never hand them out again, even if the flush fails.
-        *next = start + n;
+        w.next = start + n;
         self.next_seq_view.store(start + n, Ordering::Relaxed);
         self.meta
             .insert(META_NEXT_SEQ, &(start + n).to_be_bytes())?;
@@ -612,18 +807,96 @@ impl Buffer {
             warn!(dropped = dropping, "buffer full; oldest swipes dropped");
         }
         let latency = self.flush_and_sync()?;
+        drop(w);
         self.note_flush(latency);
         self.counters.received.fetch_add(n, Ordering::Relaxed);
         if let Some(o) = &self.observer {
             o.durable(start..start + n, latency);
         }
+        if n < u64::from(SMALL_CHUNK) {
+            if let Some(m) = &self.merger {
+                m.shared.state.lock().unwrap_or_else(|p| p.into_inner()).1 = true;
+                m.shared.wake.notify_one();
+            }
+        }
         Ok(start..start + n)
     }
 
+    /// Drop-oldest: plans the removal of the `n` oldest uncommitted records (legacy keys first:
+    /// their seqs are below every chunk's) into the batches. A chunk partly dropped is rewritten
+    /// under the key of its first kept record. Caller holds `maint`.
+    fn plan_drop_oldest(
+        &self,
+        n: u64,
+        q_batch: &mut sled::Batch,
+        c_batch: &mut sled::Batch,
+    ) -> Result<u64, BufferError> {
+        // Committed-but-not-yet-deleted records are not losses: skip them.
+        let from = self.committed().map_or(0, |c| c.saturating_add(1));
+        let mut dropped = 0u64;
+        for item in self.q.range(from.to_be_bytes()..).keys() {
+            if dropped >= n {
+                return Ok(dropped);
+            }
+            q_batch.remove(item?);
+            dropped += 1;
+        }
+        let start = self.chunk_start_key(from)?;
+        for item in self.c.range(start.to_be_bytes()..) {
+            if dropped >= n {
+                break;
+            }
+            let (k, v) = item?;
+            let Some(first) = be_u64(&k) else { continue };
+            let envs = match chunk::envelopes(&v) {
+                Ok(e) => e,
+                Err(_) => {
+                    // Unreadable anyway: dropping it frees room and loses nothing readable.
+                    c_batch.remove(k);
+                    continue;
+                }
+            };
+            let end = first + envs.len() as u64;
+            let live_from = first.max(from);
+            if live_from >= end {
+                continue;
+            }
+            let live = end - live_from;
+            c_batch.remove(k);
+            if live <= n - dropped {
+                dropped += live;
+            } else {
+                let keep_from = live_from + (n - dropped);
+                let mut b = ChunkBuilder::new();
+                for e in &envs[(keep_from - first) as usize..] {
+                    b.push_envelope(e);
+                }
+                c_batch.insert(&keep_from.to_be_bytes(), b.finish());
+                dropped = n;
+            }
+        }
+        Ok(dropped)
+    }
+
+    /// Key to start a chunk scan at so that `seq` is included: the key of the chunk holding
+    /// `seq` if there is one, else `seq` itself.
+    fn chunk_start_key(&self, seq: u64) -> Result<u64, BufferError> {
+        if let Some((k, v)) = self.c.range(..=seq.to_be_bytes()).next_back().transpose()? {
+            if let Some(first) = be_u64(&k) {
+                if chunk::count(&v).is_ok_and(|cnt| first + u64::from(cnt) > seq) {
+                    return Ok(first);
+                }
+            }
+        }
+        Ok(seq)
+    }
+
     /// Reads up to `max_records` records with `seq ≥ from`, in order, stopping once `max_bytes`
-    /// of stored data were read (at least one record is returned if any exists). Corrupt records
-    /// are skipped, logged and counted (`dropped{reason="corrupt"}`), never returned: callers see
-    /// a gap in the sequence numbers.
+    /// of record envelopes were read (at least one record is returned if any exists). Legacy
+    /// keys and chunks are merged by sequence number; only the chunks covering the answer are
+    /// decompressed, so memory is bounded by the request, not by the backlog. Corrupt records
+    /// (or whole chunks) are skipped, logged and counted (`dropped{reason="corrupt"}`), never
+    /// returned: callers see a gap in the sequence numbers.
     pub fn range_from(
         &self,
         from: u64,
@@ -635,67 +908,159 @@ impl Buffer {
         if max_records == 0 {
             return Ok(out);
         }
-        for item in self.q.range(from.to_be_bytes()..) {
-            let (k, v) = item?;
-            let Some(seq) = be_u64(&k) else {
-                warn!(key = ?k.as_ref(), "buffer key of the wrong length skipped");
+        let _m = self.lock_maint();
+        let mut legacy = self.q.range(from.to_be_bytes()..);
+        let mut chunks = self.c.range(self.chunk_start_key(from)?.to_be_bytes()..);
+        let mut l_head: Option<(u64, sled::IVec)> = None;
+        let mut c_buf: std::collections::VecDeque<(u64, Vec<u8>)> = Default::default();
+        let mut l_done = false;
+        let mut c_done = false;
+        // A chunk that failed its check: its size is known once the next chunk's key is.
+        let mut corrupt: Option<(u64, chunk::ChunkError)> = None;
+        loop {
+            if l_head.is_none() && !l_done {
+                match legacy.next().transpose()? {
+                    Some((k, v)) => match be_u64(&k) {
+                        Some(seq) => l_head = Some((seq, v)),
+                        None => warn!(key = ?k.as_ref(), "buffer key of the wrong length skipped"),
+                    },
+                    None => l_done = true,
+                }
                 continue;
+            }
+            if c_buf.is_empty() && !c_done {
+                let next = chunks.next().transpose()?;
+                if let Some((bad, e)) = corrupt.take() {
+                    let end = match &next {
+                        Some((k, _)) => be_u64(k).unwrap_or(bad + 1),
+                        None => self.next_seq(),
+                    };
+                    self.note_corrupt(bad, end.saturating_sub(bad).max(1), &e);
+                }
+                match next {
+                    Some((k, v)) => {
+                        let Some(first) = be_u64(&k) else {
+                            warn!(key = ?k.as_ref(), "chunk key of the wrong length skipped");
+                            continue;
+                        };
+                        match chunk::envelopes(&v) {
+                            Ok(envs) => c_buf.extend(
+                                envs.into_iter()
+                                    .enumerate()
+                                    .map(|(i, e)| (first + i as u64, e))
+                                    .filter(|(s, _)| *s >= from),
+                            ),
+                            Err(e) => corrupt = Some((first, e)),
+                        }
+                    }
+                    None => c_done = true,
+                }
+                continue;
+            }
+            let l_seq = l_head.as_ref().map(|(s, _)| *s);
+            let c_seq = c_buf.front().map(|(s, _)| *s);
+            let take_legacy = match (l_seq, c_seq) {
+                (None, None) => break,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (Some(ls), Some(cs)) => {
+                    if ls == cs {
+                        // Never both (legacy seqs are handed out by the same counter); if it
+                        // happened, deliver one copy.
+                        warn!(seq = cs, "sequence number stored twice; chunk copy ignored");
+                        c_buf.pop_front();
+                    }
+                    ls <= cs
+                }
             };
-            match record::decode(&v) {
+            let (seq, env, len) = if take_legacy {
+                let Some((s, v)) = l_head.take() else { break };
+                let len = v.len();
+                (s, record::decode(&v), len)
+            } else {
+                let Some((s, e)) = c_buf.pop_front() else {
+                    break;
+                };
+                (s, record::decode(&e), e.len())
+            };
+            match env {
                 Ok(rec) => {
-                    bytes += v.len();
+                    bytes += len;
                     out.push((seq, rec));
                     if out.len() >= max_records || bytes >= max_bytes {
                         break;
                     }
                 }
-                Err(e) => {
-                    // Count each corrupt seq once even though a rewind may read it again.
-                    let prev = self
-                        .counters
-                        .corrupt_hi
-                        .fetch_max(seq + 1, Ordering::Relaxed);
-                    if prev <= seq {
-                        error!(seq, error = %e, reason = "corrupt", "corrupt buffered record skipped");
-                        self.note_drop(DropReason::Corrupt, 1, false);
-                    }
-                }
+                Err(e) => self.note_corrupt(seq, 1, &e),
             }
         }
         Ok(out)
     }
 
-    /// Deletes every record with `seq ≤ committed` (in chunks; sled 0.34 has no range delete),
-    /// persists `meta.last_committed` and raises `next_seq` above it. Callers must pass only a
-    /// token Snowflake reported committed (invariant I1). Returns the number of records removed.
+    /// Deletes every record with `seq ≤ committed` (legacy keys one by one, chunks whole once
+    /// their last record is covered; a partly committed chunk stays and its committed records
+    /// are skipped by readers starting at `committed + 1`), persists `meta.last_committed` and
+    /// raises `next_seq` above it. Callers must pass only a token Snowflake reported committed
+    /// (invariant I1). Returns the number of records newly covered.
     pub fn delete_through(&self, committed: u64) -> Result<u64, BufferError> {
         let mut removed = 0u64;
-        loop {
-            let keys: Vec<sled::IVec> = self
-                .q
-                .range(..=committed.to_be_bytes())
-                .keys()
-                .take(DELETE_CHUNK)
-                .collect::<Result<_, _>>()?;
-            let n = keys.len();
-            // One remove per key, not a `Batch`: sled 0.34 holds on to memory for large batch
-            // removals (a 200k-record drain peaked ~25 MB higher), and a crash halfway through is
-            // harmless: records ≤ committed are skipped on restart and deleted by the next call.
-            for k in keys {
-                self.q.remove(k)?;
+        {
+            let _m = self.lock_maint();
+            loop {
+                let keys: Vec<sled::IVec> = self
+                    .q
+                    .range(..=committed.to_be_bytes())
+                    .keys()
+                    .take(DELETE_CHUNK)
+                    .collect::<Result<_, _>>()?;
+                let n = keys.len();
+                // One remove per key, not a `Batch`: sled 0.34 holds on to memory for large batch
+                // removals, and a crash halfway through is harmless: records ≤ committed are
+                // skipped on restart and deleted by the next call.
+                for k in keys {
+                    self.q.remove(k)?;
+                }
+                removed += n as u64;
+                if n < DELETE_CHUNK {
+                    break;
+                }
             }
-            removed += n as u64;
-            if n < DELETE_CHUNK {
-                break;
+            let sent_from = self.sent_from.load(Ordering::Relaxed);
+            let mut iter = self.c.iter().peekable();
+            while let Some(item) = iter.next() {
+                let (k, v) = item?;
+                let Some(first) = be_u64(&k) else { continue };
+                if first > committed {
+                    break;
+                }
+                let end = match chunk::count(&v) {
+                    Ok(cnt) => first + u64::from(cnt),
+                    // Corrupt: it ends where the next chunk starts (or at next_seq).
+                    Err(_) => match iter.peek() {
+                        Some(Ok((nk, _))) => be_u64(nk).unwrap_or(u64::MAX),
+                        _ => self.next_seq(),
+                    },
+                };
+                // Newly covered records of this chunk: [max(first, sent_from), min(end, committed + 1)).
+                let lo = first.max(sent_from);
+                let hi = end.min(committed.saturating_add(1));
+                removed += hi.saturating_sub(lo);
+                if end <= committed.saturating_add(1) {
+                    self.c.remove(k)?;
+                } else {
+                    break;
+                }
             }
+            self.sent_from
+                .fetch_max(committed.saturating_add(1), Ordering::Relaxed);
         }
         {
-            let mut next = self.lock_writer();
+            let mut w = self.lock_writer();
             self.raise_committed(committed)?;
-            if *next <= committed {
-                *next = committed + 1;
-                self.next_seq_view.store(*next, Ordering::Relaxed);
-                self.meta.insert(META_NEXT_SEQ, &next.to_be_bytes())?;
+            if w.next <= committed {
+                w.next = committed + 1;
+                self.next_seq_view.store(w.next, Ordering::Relaxed);
+                self.meta.insert(META_NEXT_SEQ, &w.next.to_be_bytes())?;
             }
         }
         // Deletion may lag without harm (a restart skips ≤ committed), so no fsync here.
@@ -724,31 +1089,45 @@ impl Buffer {
     /// `committed + 1`; they cannot have been sent yet. Afterwards `next_seq > committed` holds.
     /// Returns how many records were renumbered.
     pub fn reconcile_after_open(&self, committed: Option<u64>) -> Result<u64, BufferError> {
-        let mut next = self.lock_writer();
+        let mut w = self.lock_writer();
         let confirmed = self.meta.get(META_SEQ_CONFIRMED)?.is_some();
         let mut renumbered = 0u64;
         if let Some(c) = committed {
             if !confirmed {
-                let first = self.q.first()?.and_then(|(k, _)| be_u64(&k));
+                let _m = self.lock_maint();
+                let first_q = self.q.first()?.and_then(|(k, _)| be_u64(&k));
+                let first_c = self.c.first()?.and_then(|(k, _)| be_u64(&k));
+                let first = match (first_q, first_c) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
                 if let Some(first) = first.filter(|f| *f <= c) {
                     let delta = c + 1 - first;
-                    let mut batch = sled::Batch::default();
-                    let mut moved = Vec::new();
-                    for item in self.q.iter() {
-                        let (k, v) = item?;
-                        if let Some(seq) = be_u64(&k) {
-                            batch.remove(k);
-                            moved.push((seq + delta, v));
+                    let mut end = 0u64;
+                    for tree in [&self.q, &self.c] {
+                        let mut batch = sled::Batch::default();
+                        let mut moved = Vec::new();
+                        for item in tree.iter() {
+                            let (k, v) = item?;
+                            if let Some(seq) = be_u64(&k) {
+                                batch.remove(k);
+                                let n = if std::ptr::eq(tree, &self.c) {
+                                    chunk::count(&v).map_or(1, u64::from)
+                                } else {
+                                    1
+                                };
+                                end = end.max(seq + delta + n);
+                                renumbered += n;
+                                moved.push((seq + delta, v));
+                            }
                         }
+                        // Removes first, inserts after: in a sled Batch the last write to a key wins.
+                        for (seq, v) in moved {
+                            batch.insert(&seq.to_be_bytes(), v);
+                        }
+                        tree.apply_batch(batch)?;
                     }
-                    // Removes first, inserts after: in a sled Batch the last write to a key wins.
-                    for (seq, v) in moved {
-                        batch.insert(&seq.to_be_bytes(), v);
-                        renumbered += 1;
-                    }
-                    self.q.apply_batch(batch)?;
-                    let last = self.q.last()?.and_then(|(k, _)| be_u64(&k)).unwrap_or(c);
-                    *next = (*next).max(last + 1);
+                    w.next = w.next.max(end);
                     warn!(
                         renumbered,
                         committed = c,
@@ -756,13 +1135,13 @@ impl Buffer {
                     );
                 }
             }
-            if *next <= c {
-                *next = c + 1;
+            if w.next <= c {
+                w.next = c + 1;
             }
             self.raise_committed(c)?;
         }
-        self.next_seq_view.store(*next, Ordering::Relaxed);
-        self.meta.insert(META_NEXT_SEQ, &next.to_be_bytes())?;
+        self.next_seq_view.store(w.next, Ordering::Relaxed);
+        self.meta.insert(META_NEXT_SEQ, &w.next.to_be_bytes())?;
         if !confirmed {
             self.meta.insert(META_SEQ_CONFIRMED, &[1u8])?;
         }
@@ -781,24 +1160,53 @@ impl Buffer {
         self.committed_view.load(Ordering::Relaxed).checked_sub(1)
     }
 
-    /// Lowest buffered sequence number.
+    /// Lowest buffered sequence number: the first legacy key, or the first record of the first
+    /// chunk that is not covered by the committed token (a partly committed chunk stays stored).
     pub fn first_seq(&self) -> Result<Option<u64>, BufferError> {
-        Ok(self.q.first()?.and_then(|(k, _)| be_u64(&k)))
+        Ok(self.first_record()?.map(|(s, _)| s))
+    }
+
+    /// The first buffered record (sequence number and, if readable, the record).
+    fn first_record(&self) -> Result<Option<(u64, Option<SwipeRecord>)>, BufferError> {
+        let mut best: Option<(u64, Option<SwipeRecord>)> = None;
+        // The first legacy record may be corrupt: look a little further for its swipe time.
+        let mut legacy = self.q.iter();
+        if let Some((k, v)) = legacy.next().transpose()? {
+            if let Some(seq) = be_u64(&k) {
+                let mut rec = record::decode(&v).ok();
+                for item in legacy.values().take(15) {
+                    if rec.is_some() {
+                        break;
+                    }
+                    rec = record::decode(&item?).ok();
+                }
+                best = Some((seq, rec));
+            }
+        }
+        if let Some((k, v)) = self.c.first()? {
+            if let Some(first) = be_u64(&k) {
+                let from = self.committed().map_or(0, |c| c.saturating_add(1));
+                let cand = match chunk::decode(&v) {
+                    Ok(recs) => {
+                        let i = from.saturating_sub(first).min(recs.len() as u64 - 1);
+                        (first + i, recs.into_iter().nth(i as usize))
+                    }
+                    Err(_) => (first, None),
+                };
+                if best.as_ref().is_none_or(|(s, _)| cand.0 < *s) {
+                    best = Some(cand);
+                }
+            }
+        }
+        Ok(best)
     }
 
     /// Metrics snapshot. O(1) in the number of records (never `Tree::len()`).
     pub fn stats(&self) -> Result<BufferStats, BufferError> {
         let next_seq = self.next_seq();
-        let first = self.q.first()?;
-        let first_seq = first.as_ref().and_then(|(k, _)| be_u64(k));
-        let mut oldest_unsent_ms = None;
-        // The first record may be corrupt: look a little further rather than report nothing.
-        for item in self.q.iter().values().take(16) {
-            if let Ok(rec) = record::decode(&item?) {
-                oldest_unsent_ms = Some(rec.swiped_at_ms);
-                break;
-            }
-        }
+        let first = self.first_record()?;
+        let first_seq = first.as_ref().map(|(s, _)| *s);
+        let oldest_unsent_ms = first.and_then(|(_, r)| r).map(|r| r.swiped_at_ms);
         let us = |v: u64| Duration::from_micros(v);
         let c = &self.counters;
         let flushes = c.flushes.load(Ordering::Relaxed);
@@ -822,10 +1230,125 @@ impl Buffer {
         })
     }
 
-    /// Test/diagnostic hook: overwrite the stored value of `seq` with raw bytes.
+    /// Number of sled keys holding records: (legacy keys, chunks). O(keys): diagnostics and
+    /// benchmarks only.
+    pub fn key_counts(&self) -> (usize, usize) {
+        (self.q.len(), self.c.len())
+    }
+
+    /// Runs one merge pass over the whole chunk tree now (tests; production merges on the
+    /// background thread). Returns the number of chunks merged away.
+    pub fn merge_now(&self) -> Result<usize, BufferError> {
+        let mut cursor = 0;
+        merge_pass(&self.c, &self.maint, &mut cursor)
+    }
+
+    /// Test/diagnostic hook: overwrite the stored legacy value of `seq` with raw bytes.
     #[doc(hidden)]
     pub fn put_raw_for_test(&self, seq: u64, raw: &[u8]) -> Result<(), BufferError> {
         self.q.insert(seq.to_be_bytes(), raw)?;
         Ok(())
     }
+
+    /// Test/diagnostic hook: overwrite the stored chunk at key `first` with raw bytes.
+    #[doc(hidden)]
+    pub fn put_raw_chunk_for_test(&self, first: u64, raw: &[u8]) -> Result<(), BufferError> {
+        self.c.insert(first.to_be_bytes(), raw)?;
+        Ok(())
+    }
+}
+
+/// The merger thread: wakes when a small chunk was written (or every [`MERGE_EVERY`]) and
+/// merges the tail's small chunks. Ends when the buffer is dropped.
+fn merge_loop(c: &sled::Tree, maint: &Mutex<()>, sig: &MergeSignal, mut cursor: u64) {
+    loop {
+        {
+            let mut st = sig.state.lock().unwrap_or_else(|p| p.into_inner());
+            if !st.0 && !st.1 {
+                st = sig
+                    .wake
+                    .wait_timeout(st, MERGE_EVERY)
+                    .map(|(g, _)| g)
+                    .unwrap_or_else(|p| p.into_inner().0);
+            }
+            if st.0 {
+                return;
+            }
+            st.1 = false;
+        }
+        // Pace: let a burst of small commits accumulate instead of rewriting per commit.
+        std::thread::sleep(MERGE_EVERY);
+        if let Err(e) = merge_pass(c, maint, &mut cursor) {
+            warn!(error = %e, "merging small buffer chunks failed; will retry");
+        }
+    }
+}
+
+/// One pass from `cursor`: every run of ≥ 2 adjacent small chunks whose records are
+/// consecutive becomes one chunk (up to [`MERGE_TARGET`] records) in one atomic sled batch
+/// (insert the merged chunk, remove its parts); a crash leaves either the parts or the merged
+/// chunk, never both or neither. `cursor` advances past chunks that can no longer change.
+fn merge_pass(c: &sled::Tree, maint: &Mutex<()>, cursor: &mut u64) -> Result<usize, BufferError> {
+    let _m = maint.lock().unwrap_or_else(|p| p.into_inner());
+    let mut merged_away = 0usize;
+    // The open run: (first seq, records, parts' keys and values).
+    let mut run: Vec<(u64, u32, sled::IVec)> = Vec::new();
+    let mut total = 0u32;
+    let flush = |run: &mut Vec<(u64, u32, sled::IVec)>| -> Result<usize, BufferError> {
+        let parts = std::mem::take(run);
+        if parts.len() < 2 {
+            return Ok(0);
+        }
+        let mut b = ChunkBuilder::new();
+        for (_, _, v) in &parts {
+            match chunk::envelopes(v) {
+                Ok(envs) => envs.iter().for_each(|e| b.push_envelope(e)),
+                // Header fine, payload not: leave the run as it is; readers skip and count it.
+                Err(_) => return Ok(0),
+            }
+        }
+        let mut batch = sled::Batch::default();
+        for (k, _, _) in &parts {
+            batch.remove(&k.to_be_bytes());
+        }
+        batch.insert(&parts[0].0.to_be_bytes(), b.finish());
+        c.apply_batch(batch)?;
+        Ok(parts.len() - 1)
+    };
+    for item in c.range(cursor.to_be_bytes()..) {
+        let (k, v) = item?;
+        let Some(first) = be_u64(&k) else { continue };
+        let cnt = match chunk::count(&v) {
+            Ok(n) => n,
+            Err(_) => {
+                // Never merge across an unreadable chunk: it is skipped and counted by readers.
+                merged_away += flush(&mut run)?;
+                total = 0;
+                *cursor = first + 1;
+                continue;
+            }
+        };
+        let adjacent = run
+            .last()
+            .is_none_or(|(f, n, _)| f + u64::from(*n) == first);
+        if cnt < SMALL_CHUNK && adjacent && total + cnt <= MERGE_TARGET {
+            run.push((first, cnt, v));
+            total += cnt;
+            continue;
+        }
+        merged_away += flush(&mut run)?;
+        total = 0;
+        if cnt < SMALL_CHUNK {
+            *cursor = first;
+            run.push((first, cnt, v));
+            total = cnt;
+        } else {
+            *cursor = first + u64::from(cnt);
+        }
+    }
+    if let Some((f, _, _)) = run.first() {
+        *cursor = *f;
+    }
+    merged_away += flush(&mut run)?;
+    Ok(merged_away)
 }

@@ -4,6 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::chunk;
 use super::*;
 use crate::row::{EventType, SwipeRecord};
 
@@ -132,7 +133,11 @@ fn buffer_delete_through_bounds() {
 #[test]
 fn buffer_corrupt_record_is_skipped_and_counted_once() {
     let dir = tempfile::tempdir().unwrap();
-    let b = Buffer::open(opts(dir.path())).unwrap();
+    // Legacy writes (one key per swipe), so single records can be damaged.
+    let mut o = opts(dir.path());
+    o.probation = Probation::Always;
+    let b = Buffer::open(o).unwrap();
+    assert!(b.writes_legacy());
     b.append_durable(&(0..5).map(swipe).collect::<Vec<_>>())
         .unwrap();
     let mut bad = record::encode(&swipe(2));
@@ -369,11 +374,20 @@ fn buffer_second_open_is_locked_not_quarantined() {
     assert!(matches!(err, BufferError::Locked(_)), "{err}");
     assert!(b.quarantined_to().is_none());
     assert_eq!(b.range_from(0, 10, usize::MAX).unwrap().len(), 1);
-    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+    let mut leftovers: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(leftovers, vec!["buffer".to_string()]);
+    leftovers.sort();
+    // The database and the format marker the updater reads; nothing moved aside.
+    assert_eq!(
+        leftovers,
+        vec!["buffer".to_string(), "buffer.format".to_string()]
+    );
+    assert_eq!(
+        std::fs::read_to_string(format_marker_path(&dir.path().join("buffer"))).unwrap(),
+        "chunks-1\n"
+    );
 }
 
 #[test]
@@ -417,4 +431,236 @@ fn buffer_reconcile_with_new_channel_keeps_seqs() {
         cards(&b.range_from(0, 10, usize::MAX).unwrap()),
         vec![(0, 1)]
     );
+}
+
+#[test]
+fn buffer_corrupt_chunk_is_skipped_counted_once_and_deleted_by_its_neighbour() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Buffer::open(opts(dir.path())).unwrap();
+    b.append_durable(&(0..3).map(swipe).collect::<Vec<_>>())
+        .unwrap();
+    b.append_durable(&(3..6).map(swipe).collect::<Vec<_>>())
+        .unwrap();
+    b.append_durable(&(6..8).map(swipe).collect::<Vec<_>>())
+        .unwrap();
+    let mut bad = chunk::encode(&(3..6).map(swipe).collect::<Vec<_>>());
+    let last = bad.len() - 1;
+    bad[last] ^= 0x01;
+    b.put_raw_chunk_for_test(3, &bad).unwrap();
+    let got = b.range_from(0, 100, usize::MAX).unwrap();
+    assert_eq!(cards(&got), vec![(0, 0), (1, 1), (2, 2), (6, 6), (7, 7)]);
+    assert_eq!(b.stats().unwrap().dropped_corrupt_total, 3);
+    b.range_from(4, 100, usize::MAX).unwrap();
+    assert_eq!(b.stats().unwrap().dropped_corrupt_total, 3, "counted once");
+    // Corrupt chunks are never merged into readable ones.
+    b.merge_now().unwrap();
+    assert_eq!(b.key_counts(), (0, 3));
+    // Its end is where the next chunk starts: deleting through 5 removes it.
+    assert_eq!(b.delete_through(5).unwrap(), 6);
+    assert_eq!(b.key_counts(), (0, 1));
+    assert_eq!(b.first_seq().unwrap(), Some(6));
+}
+
+#[test]
+fn buffer_stores_chunks_and_merges_small_ones_into_few_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = opts(dir.path());
+    o.merge_in_background = false;
+    let b = Buffer::open(o).unwrap();
+    // One swipe per group commit: the worst case for the key count.
+    for n in 0..1100 {
+        b.append_durable(&[swipe(n)]).unwrap();
+    }
+    assert_eq!(b.key_counts(), (0, 1100));
+    b.merge_now().unwrap();
+    let (legacy, chunks) = b.key_counts();
+    assert_eq!(legacy, 0);
+    assert!(chunks <= 3, "1100 swipes in {chunks} chunks");
+    let all = b.range_from(0, 2000, usize::MAX).unwrap();
+    assert_eq!(all.len(), 1100);
+    assert!(all
+        .iter()
+        .enumerate()
+        .all(|(i, (s, r))| *s == i as u64 && r.card_number == Some(i as u64)));
+    // A partly committed chunk stays; reads from committed + 1 skip its committed records.
+    assert_eq!(b.delete_through(700).unwrap(), 701);
+    assert_eq!(b.first_seq().unwrap(), Some(701));
+    assert_eq!(b.range_from(701, 1, usize::MAX).unwrap()[0].0, 701);
+    assert_eq!(b.stats().unwrap().depth, 399);
+}
+
+#[test]
+fn buffer_background_merge_runs_and_stops_with_the_buffer() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Buffer::open(opts(dir.path())).unwrap();
+    for n in 0..200 {
+        b.append_durable(&[swipe(n)]).unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while b.key_counts().1 > 2 {
+        assert!(std::time::Instant::now() < deadline, "{:?}", b.key_counts());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(b);
+    // Dropping joined the merger (which holds the database): reopening does not wait for a lock.
+    let t0 = std::time::Instant::now();
+    let b = Buffer::open(opts(dir.path())).unwrap();
+    assert!(t0.elapsed() < Duration::from_secs(2));
+    assert_eq!(b.range_from(0, 1000, usize::MAX).unwrap().len(), 200);
+}
+
+#[test]
+fn buffer_legacy_records_then_chunks_read_in_order_and_delete_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("install");
+    std::fs::create_dir_all(root.join("2.0.0")).unwrap();
+    let marker = root.join("update-pending.json");
+    std::fs::write(
+        &marker,
+        br#"{"from":"1.0.0","to":"2.0.0","previous_before":null}"#,
+    )
+    .unwrap();
+    let mut o = opts(dir.path());
+    o.probation = Probation::for_binary(&root.join("2.0.0").join("badge-agent"));
+    {
+        let b = Buffer::open(o.clone()).unwrap();
+        assert!(b.writes_legacy(), "on probation: legacy writes");
+        b.append_durable(&[swipe(0), swipe(1)]).unwrap();
+        assert_eq!(b.key_counts(), (2, 0));
+    }
+    // Still on probation after a restart.
+    let b = Buffer::open(o.clone()).unwrap();
+    assert!(b.writes_legacy());
+    // The health gate passed: the marker goes; within a second new swipes become chunks.
+    std::fs::remove_file(&marker).unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    b.append_durable(&[swipe(2), swipe(3)]).unwrap();
+    assert!(!b.writes_legacy());
+    assert_eq!(b.key_counts(), (2, 1));
+    drop(b);
+    // Once chunks exist, a later probation (a newer update) keeps writing chunks: the release
+    // it could roll back to reads them.
+    std::fs::write(
+        &marker,
+        br#"{"from":"1.0.0","to":"2.0.0","previous_before":null}"#,
+    )
+    .unwrap();
+    let b = Buffer::open(o).unwrap();
+    assert!(!b.writes_legacy());
+    b.append_durable(&[swipe(4)]).unwrap();
+    assert_eq!(
+        cards(&b.range_from(0, 10, usize::MAX).unwrap()),
+        vec![(0, 0), (1, 1), (2, 2), (3, 3), (4, 4)]
+    );
+    assert_eq!(
+        cards(&b.range_from(1, 2, usize::MAX).unwrap()),
+        vec![(1, 1), (2, 2)]
+    );
+    assert_eq!(b.delete_through(2).unwrap(), 3);
+    assert_eq!(b.key_counts(), (0, 2));
+    assert_eq!(
+        cards(&b.range_from(3, 10, usize::MAX).unwrap()),
+        vec![(3, 3), (4, 4)]
+    );
+    assert_eq!(b.delete_through(4).unwrap(), 2);
+    assert_eq!(b.key_counts(), (0, 0));
+    assert_eq!(b.next_seq(), 5);
+}
+
+mod model {
+    //! The chunk store against a plain `Vec` model: random interleavings of appends (of any
+    //! group size, in either write format), merges, deletions, reads and reopen.
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Append(u8),
+        Merge,
+        /// Delete through `committed + 1 + n % (backlog + 1)` − 1 (may cover nothing).
+        Delete(u16),
+        Read {
+            skip: u16,
+            max: u8,
+        },
+        Reopen {
+            legacy: bool,
+        },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            5 => (1u8..=200).prop_map(Op::Append),
+            2 => Just(Op::Merge),
+            2 => any::<u16>().prop_map(Op::Delete),
+            2 => (any::<u16>(), 1u8..=255).prop_map(|(skip, max)| Op::Read { skip, max }),
+            1 => any::<bool>().prop_map(|legacy| Op::Reopen { legacy }),
+        ]
+    }
+
+    fn open(dir: &std::path::Path, legacy: bool) -> Buffer {
+        let mut o = opts(dir);
+        o.merge_in_background = false;
+        o.probation = if legacy {
+            Probation::Always
+        } else {
+            Probation::Never
+        };
+        Buffer::open(o).unwrap()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+        #[test]
+        fn chunk_store_matches_a_vec_model(start_legacy in any::<bool>(), ops in proptest::collection::vec(op(), 1..40)) {
+            let dir = tempfile::tempdir().unwrap();
+            let mut b = open(dir.path(), start_legacy);
+            // (seq, card) of every acknowledged, not yet committed record.
+            let mut model: Vec<(u64, u64)> = Vec::new();
+            let mut committed: Option<u64> = None;
+            let mut next_card = 0u64;
+            for op in ops {
+                match op {
+                    Op::Append(n) => {
+                        let recs: Vec<_> = (next_card..next_card + u64::from(n)).map(swipe).collect();
+                        let r = b.append_durable(&recs).unwrap();
+                        prop_assert_eq!(r.end - r.start, u64::from(n));
+                        prop_assert!(committed.is_none_or(|c| r.start > c));
+                        for (i, seq) in r.enumerate() {
+                            model.push((seq, next_card + i as u64));
+                        }
+                        next_card += u64::from(n);
+                    }
+                    Op::Merge => { b.merge_now().unwrap(); }
+                    Op::Delete(k) => {
+                        let Some(&(hi, _)) = model.get(usize::from(k) % (model.len() + 1)) else { continue };
+                        let through = hi.saturating_sub(1).max(committed.unwrap_or(0));
+                        let before = model.len();
+                        model.retain(|(s, _)| *s > through);
+                        let removed = b.delete_through(through).unwrap();
+                        prop_assert_eq!(removed, (before - model.len()) as u64);
+                        committed = Some(committed.map_or(through, |c| c.max(through)));
+                    }
+                    Op::Read { skip, max } => {
+                        let from = committed.map_or(0, |c| c + 1) + u64::from(skip) % 300;
+                        let got = cards(&b.range_from(from, usize::from(max), usize::MAX).unwrap());
+                        let want: Vec<_> = model.iter().copied().filter(|(s, _)| *s >= from).take(usize::from(max)).collect();
+                        prop_assert_eq!(got, want);
+                    }
+                    Op::Reopen { legacy } => {
+                        drop(b);
+                        b = open(dir.path(), legacy);
+                    }
+                }
+                // Every acknowledged record not yet committed is readable exactly once, in
+                // order, and never a committed one.
+                let from = committed.map_or(0, |c| c + 1);
+                let all = cards(&b.range_from(from, usize::MAX, usize::MAX).unwrap());
+                prop_assert_eq!(&all, &model);
+                prop_assert_eq!(b.first_seq().unwrap(), model.first().map(|(s, _)| *s));
+            }
+            let (legacy, chunks) = b.key_counts();
+            prop_assert!(legacy + chunks <= model.len() + 2);
+        }
+    }
 }

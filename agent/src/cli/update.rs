@@ -83,8 +83,12 @@ pub fn run(args: &UpdateArgs, config_path: &Path) -> anyhow::Result<ExitCode> {
         }
         None => {}
     }
+    let mut buffer_path = None;
     let probe = match Config::load(config_path) {
-        Ok((config, _)) => ReadyzProbe::for_config(&config),
+        Ok((config, _)) => {
+            buffer_path = Some(config.buffer.resolved_path());
+            ReadyzProbe::for_config(&config)
+        }
         // Recovery must work even if the configuration is broken: it only needs /readyz.
         Err(e) if args.recover_only => {
             tracing::warn!(error = %e, "configuration unreadable; recovering with the default status socket");
@@ -96,6 +100,7 @@ pub fn run(args: &UpdateArgs, config_path: &Path) -> anyhow::Result<ExitCode> {
     opts.public_key.clone_from(&args.public_key);
     opts.install_root.clone_from(&args.root);
     opts.force_reinstall = args.force_reinstall;
+    opts.buffer_path = buffer_path;
     let mut systemd = Systemctl;
     if args.recover_only {
         let report = update::recover(&opts, &mut systemd, &probe)?;

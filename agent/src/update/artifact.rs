@@ -46,6 +46,10 @@ pub struct Manifest {
     pub arch: String,
     /// Every file of the artifact other than the manifest.
     pub files: Vec<FileEntry>,
+    /// Buffer formats this release reads besides the one-key-per-swipe one (`chunks-1`).
+    /// Absent in releases before chunked buffers; updaters before them ignore the field.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub buffer_formats: Vec<String>,
 }
 
 /// One file of a release.
@@ -390,6 +394,7 @@ pub fn pack(
         name: BIN_NAME.to_string(),
         version: version.clone(),
         arch: arch.to_string(),
+        buffer_formats: vec![crate::buffer::BUFFER_FORMAT_CHUNKS.to_string()],
         files: files
             .iter()
             .map(|(path, data, mode)| FileEntry {

@@ -122,6 +122,9 @@ pub struct UpdateOptions {
     pub healthy_checks: u32,
     /// Version directories kept on disk (including current and previous).
     pub keep_versions: usize,
+    /// The agent's buffer (`[buffer] path`): a rollback or repair never switches to a version
+    /// that cannot read the format recorded beside it. `None` skips that check.
+    pub buffer_path: Option<PathBuf>,
 }
 
 impl UpdateOptions {
@@ -139,6 +142,7 @@ impl UpdateOptions {
             health_poll: Duration::from_secs(1),
             healthy_checks: 3,
             keep_versions: 3,
+            buffer_path: None,
         }
     }
 }
@@ -305,6 +309,16 @@ pub enum UpdateError {
         reason: String,
         /// Why the rollback did not help.
         rollback: String,
+    },
+    /// Switching to `version` would hide buffered swipes: it cannot read the buffer's format.
+    #[error("refusing to switch to {version}: the buffer {path} holds `{format}` records and its manifest does not list that format (buffer_formats), so buffered swipes would never be sent; install a release that reads `{format}`")]
+    BufferFormat {
+        /// The version that was refused.
+        version: Version,
+        /// The buffer's format.
+        format: String,
+        /// The buffer.
+        path: PathBuf,
     },
     /// A simulated crash (tests only).
     #[doc(hidden)]
@@ -629,6 +643,15 @@ fn confirm_or_roll_back(
             rollback: "no earlier version is installed".into(),
         });
     };
+    if let Err(refused) = can_read_buffer(opts, from) {
+        // Going back would strand swipes in a format the old release skips: keep the new one.
+        layout::clear_pending(root)?;
+        return Err(UpdateError::RollbackFailed {
+            version: version.clone(),
+            reason,
+            rollback: refused.to_string(),
+        });
+    }
     // Same order as a forward switch; a crash in here is finished by `recover` (current == from).
     layout::switch_link(root, CURRENT, from, &mut || Ok(()))?;
     restore_previous(root, pending)?;
@@ -646,6 +669,30 @@ fn confirm_or_roll_back(
             rollback,
         }),
     }
+}
+
+/// Refuses a version directory whose manifest does not list the format the agent recorded
+/// beside its buffer (see [`crate::buffer::format_marker_path`]). No marker (a buffer only ever
+/// written one key per swipe, which every release reads) or no buffer path: allowed.
+fn can_read_buffer(opts: &UpdateOptions, dir: &str) -> Result<(), UpdateError> {
+    let Some(buffer) = &opts.buffer_path else {
+        return Ok(());
+    };
+    let marker = crate::buffer::format_marker_path(buffer);
+    let format = match std::fs::read_to_string(&marker) {
+        Ok(s) => s.trim().to_owned(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_err(&marker)(e)),
+    };
+    let m = layout::installed_manifest(&opts.install_root.join(dir))?;
+    if format.is_empty() || m.buffer_formats.contains(&format) {
+        return Ok(());
+    }
+    Err(UpdateError::BufferFormat {
+        version: m.version,
+        format,
+        path: buffer.clone(),
+    })
 }
 
 fn restore_previous(root: &Path, pending: &Pending) -> Result<(), UpdateError> {
@@ -737,10 +784,11 @@ pub fn recover(
                 .rev()
                 .map(|(n, _)| n),
         );
-        if let Some(good) = candidates
-            .into_iter()
-            .find(|c| Some(c) != current.as_ref() && layout::check_runnable(&root.join(c)).is_ok())
-        {
+        if let Some(good) = candidates.into_iter().find(|c| {
+            Some(c) != current.as_ref()
+                && layout::check_runnable(&root.join(c)).is_ok()
+                && can_read_buffer(opts, c).is_ok()
+        }) {
             layout::switch_link(root, CURRENT, &good, &mut || Ok(()))?;
             actions.push(format!(
                 "current pointed at broken {}; switched to {good}",

@@ -1031,3 +1031,37 @@ fn release_signatures_are_blinded() {
     // PKCS#1 v1.5 is deterministic: blinding does not change the signature openssl would write.
     assert_eq!(blinded, sign_bytes(&data, release_key()));
 }
+
+#[test]
+fn rollback_to_a_release_that_cannot_read_the_chunked_buffer_is_refused() {
+    let mut env = Env::with_installed("1.0.0");
+    // 1.0.0 as released before chunked buffers: its manifest lists no buffer format.
+    let manifest_path = env.root.join("1.0.0").join(MANIFEST_NAME);
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
+    assert!(m
+        .as_object_mut()
+        .unwrap()
+        .remove("buffer_formats")
+        .is_some());
+    std::fs::write(&manifest_path, serde_json::to_vec(&m).unwrap()).unwrap();
+    let buffer = env._tmp.path().join("buffer");
+    env.opts.buffer_path = Some(buffer.clone());
+    std::fs::write(crate::buffer::format_marker_path(&buffer), "chunks-1\n").unwrap();
+
+    env.offer("1.1.0");
+    env.world.borrow_mut().bad.push("1.1.0".into());
+    match env.run().unwrap_err() {
+        UpdateError::RollbackFailed { rollback, .. } => {
+            assert!(rollback.contains("chunks-1"), "{rollback}");
+            assert!(
+                rollback.contains("refusing to switch to 1.0.0"),
+                "{rollback}"
+            );
+        }
+        other => panic!("{other}"),
+    }
+    // Kept on the release that reads every buffered swipe.
+    env.assert_current_runnable("1.1.0");
+    assert!(!env.root.join(PENDING).exists());
+}
