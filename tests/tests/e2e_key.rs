@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeSet;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::{Child, Command};
 use std::time::Duration;
 
@@ -73,8 +73,28 @@ fn fixed_key_drains_everything(rig: &Rig) {
     assert_eq!(credentials, rig.acknowledged().unwrap());
 }
 
+/// Runs `doctor`. It refuses root (it probes directories the agent's user can write), so when
+/// the tests run as root it runs as `nobody` (65534), on a copy of the binary inside the scratch
+/// directory handed to that user — as an operator runs it with `sudo -u badge-agent`.
 fn doctor(rig: &Rig) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_badge-agent-e2e"))
+    let dir = rig.dir.path();
+    let bin = dir.join("badge-agent-doctor");
+    std::fs::copy(env!("CARGO_BIN_EXE_badge-agent-e2e"), &bin).unwrap();
+    let mut cmd = if std::fs::metadata(dir).unwrap().uid() == 0 {
+        let chown = Command::new("chown")
+            .args(["-R", "65534:65534"])
+            .arg(dir)
+            .status()
+            .expect("chown (coreutils) must be installed");
+        assert!(chown.success(), "chown -R 65534 {}", dir.display());
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(&bin);
+        c
+    } else {
+        Command::new(&bin)
+    };
+    let out = cmd
         .arg("--config")
         .arg(&rig.config)
         .arg("doctor")
