@@ -60,6 +60,19 @@ pub enum EventType {
     Heartbeat,
 }
 
+impl EventType {
+    /// The `event_type` value in the row (as serialised).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Card => "card",
+            EventType::Pin => "pin",
+            EventType::ReaderFault => "reader_fault",
+            EventType::Tamper => "tamper",
+            EventType::Heartbeat => "heartbeat",
+        }
+    }
+}
+
 /// Direction of travel through the door, where the reader knows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -125,7 +125,9 @@ fn check(bytes: &[u8]) -> Result<(u32, usize), ChunkError> {
     }
     let count = u32::from_le_bytes([bytes[5], bytes[6], bytes[7], bytes[8]]);
     let raw_len = u32::from_le_bytes([bytes[9], bytes[10], bytes[11], bytes[12]]) as usize;
-    if count == 0 || raw_len > MAX_RAW_LEN {
+    // Every record takes at least one byte, so a count above the raw length is corrupt (and
+    // must not size an allocation).
+    if count == 0 || raw_len > MAX_RAW_LEN || count as usize > raw_len {
         return Err(ChunkError::Payload(format!(
             "implausible header: {count} records, {raw_len} bytes"
         )));

@@ -69,11 +69,11 @@ pub mod probation;
 pub mod record;
 pub mod store;
 
+pub use chunk::{ChunkError, CHUNK_FORMAT_VERSION};
 pub use group::{
     Ack, CommitDropReason, CommitObserver, GroupCommitConfig, GroupCommitHandle, GroupCommitter,
     PendingAck, Progress, QueuedAck, Submission, Waiter,
 };
-pub use chunk::{ChunkError, CHUNK_FORMAT_VERSION};
 pub use probation::Probation;
 pub use record::{RecordError, RECORD_FORMAT_VERSION};
 pub use store::{

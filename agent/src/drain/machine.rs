@@ -13,7 +13,8 @@ use super::{DrainError, IngestError};
 pub struct MachineConfig {
     /// Most records per append.
     pub max_records: usize,
-    /// Most uncompressed NDJSON bytes per append (the REST limit is 4 MB compressed).
+    /// Most NDJSON bytes the drain reads for one append window (bounds memory); the requests
+    /// themselves are cut to the service limit by `snowpipe::batch`.
     pub max_bytes: usize,
     /// Interval between committed-token polls while data is in flight.
     pub poll_interval: Duration,
@@ -34,7 +35,7 @@ pub struct MachineConfig {
     pub seed: u64,
 }
 
-/// Hard cap on `max_bytes`: the service's 4 MB request limit.
+/// Hard cap on `max_bytes`: one append window of NDJSON (4 MiB).
 pub const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 
 impl Default for MachineConfig {

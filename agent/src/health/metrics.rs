@@ -18,7 +18,7 @@ pub type FloatGauge = Gauge<f64, AtomicU64>;
 /// `{reason}` label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
-    /// Drops: `buffer_full`, `corrupt`; reopens: `channel_invalid`, `unavailable`, `fatal`, `start`.
+    /// Drops: `buffer_full`, `corrupt`, `retry_queue_full`, `stopped_while_retrying`; reopens: `channel_invalid`, `unavailable`, `fatal`, `start`.
     pub reason: String,
 }
 

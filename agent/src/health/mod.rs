@@ -224,10 +224,25 @@ impl Health {
 
     /// Ready, live, no part failed, and no swipe waiting for a retry of a failed commit.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
-            && self.is_live()
-            && lock(&self.failed).is_empty()
-            && self.degraded().is_none()
+        self.not_ready_reasons().is_empty()
+    }
+
+    /// Why the agent is not ready, in words for `/readyz` and an operator; empty when ready.
+    pub fn not_ready_reasons(&self) -> Vec<String> {
+        let mut reasons = Vec::new();
+        if !self.ready.load(Ordering::Relaxed) {
+            reasons.push("not started, stopping, or the buffer is at max_bytes".to_owned());
+        }
+        let stalled = self.stalled();
+        if !stalled.is_empty() {
+            reasons.push(format!("stalled: {}", stalled.join(", ")));
+        }
+        let failed = self.failed();
+        if !failed.is_empty() {
+            reasons.push(format!("failed, restarting: {}", failed.join(", ")));
+        }
+        reasons.extend(self.degraded());
+        reasons
     }
 
     /// Records how many swipes wait in the group committer's retry queue.

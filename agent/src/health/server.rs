@@ -79,7 +79,10 @@ pub fn route(health: &Health, method: &str, path: &str) -> Response {
             if health.is_ready() {
                 Response::text(200, "ready\n")
             } else {
-                Response::text(503, "not ready\n")
+                Response::text(
+                    503,
+                    format!("not ready: {}\n", health.not_ready_reasons().join("; ")),
+                )
             }
         }
         "/status" => Response {
@@ -367,6 +370,12 @@ mod tests {
         assert_eq!(route(&health, "GET", "/readyz").status, 503);
         health.set_ready(true);
         assert_eq!(route(&health, "GET", "/readyz").status, 200);
+        // A 503 says why, so an operator need not guess.
+        health.set_retry_queue(2);
+        let degraded = route(&health, "GET", "/readyz");
+        assert_eq!(degraded.status, 503);
+        assert!(degraded.body.contains("2 swipes wait"), "{}", degraded.body);
+        health.set_retry_queue(0);
         assert_eq!(route(&health, "GET", "/livez").status, 200);
         let status = route(&health, "GET", "/status");
         let doc: serde_json::Value = serde_json::from_str(&status.body).unwrap();

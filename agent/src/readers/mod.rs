@@ -304,6 +304,13 @@ impl Emitter {
             swiped_at_ms: record.swiped_at_ms,
             credential: record.credential.clone(),
         };
+        self.store(record, report).await
+    }
+
+    /// Submits a record and waits until it is durable, refused, or queued for a retry of a
+    /// failed commit — never longer: a queued row is reported by a task of its own, so the
+    /// reader keeps reading (and beating) while commits fail.
+    async fn store(&self, record: SwipeRecord, report: AckReport) -> Option<u64> {
         let pending = match self.committer.submit(record).await {
             Ok(pending) => pending,
             Err(err) => return report.finish(Err(err)),
@@ -374,12 +381,7 @@ impl AckReport {
 impl Emitter {
     /// Stores a row without a credential (tamper, reader off line, secure-channel failure):
     /// `detail` says what happened. Not deduplicated or rate-limited — callers report changes.
-    pub async fn emit_status(
-        &mut self,
-        event_type: EventType,
-        detail: String,
-        _mono_ns: u64,
-    ) -> Option<u64> {
+    pub async fn emit_status(&mut self, event_type: EventType, detail: String) -> Option<u64> {
         self.beat();
         let record = SwipeRecord {
             event_type,
@@ -398,16 +400,15 @@ impl Emitter {
             clock_synced: clock::clock_synced(),
             agent_version: AGENT_VERSION.to_owned(),
         };
-        match self.committer.commit(record).await {
-            Ok(seq) => {
-                tracing::debug!(reader = %self.spec.id, seq, ?event_type, credential = "-", "swipe durable");
-                Some(seq)
-            }
-            Err(err) => {
-                tracing::error!(reader = %self.spec.id, error = %err, "status row NOT stored");
-                None
-            }
-        }
+        let report = AckReport {
+            health: Arc::clone(&self.health),
+            reader: self.spec.id.clone(),
+            counts_as_swipe: false,
+            event_type: event_type.as_str(),
+            swiped_at_ms: record.swiped_at_ms,
+            credential: None,
+        };
+        self.store(record, report).await
     }
 }
 

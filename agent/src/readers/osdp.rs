@@ -114,7 +114,7 @@ pub fn load_key(path: &Path) -> Result<[u8; 16], String> {
     parse_key(&text).ok_or_else(|| {
         format!(
             "key_file {} does not hold 32 hex digits (a 16-byte AES key); \
-             fix: write one with `badge-agent osdp gen-key > FILE` or `openssl rand -hex 16`",
+             fix: write one with `badge-agent osdp gen-key --out FILE` (then `chown badge-agent: FILE`)",
             path.display()
         )
     })
@@ -151,9 +151,14 @@ pub async fn run(
                 // Never fall back to plain text: the reader stays unused until the file is fixed.
                 tracing::error!(reader = emitter.reader_id(), "{message}");
                 emitter
-                    .emit_status(EventType::ReaderFault, message, clock::monotonic_ns())
+                    .emit_status(EventType::ReaderFault, message.clone())
                     .await;
-                let _ = shutdown.changed().await;
+                emitter.set_connected(false, Some(message));
+                // Stay live while idle: a dead heartbeat would have the watchdog restart the
+                // whole agent, taking every other reader down with it.
+                while !super::sleep_or_shutdown(IDLE_TICK, &mut shutdown).await {
+                    emitter.beat();
+                }
                 return;
             }
         },
@@ -293,9 +298,7 @@ impl ReaderState {
                             "osdp_FMT card data is not a decimal number ({} characters)",
                             text.len()
                         );
-                        emitter
-                            .emit_status(EventType::ReaderFault, detail, now)
-                            .await;
+                        emitter.emit_status(EventType::ReaderFault, detail).await;
                     }
                 },
                 CpEvent::CardText { .. } => {}
@@ -306,9 +309,7 @@ impl ReaderState {
                         "osdp_RAW card data unusable: {bit_count} bits claimed in {bytes} bytes"
                     );
                     emitter.count_error("osdp_raw", &detail);
-                    emitter
-                        .emit_status(EventType::ReaderFault, detail, now)
-                        .await;
+                    emitter.emit_status(EventType::ReaderFault, detail).await;
                 }
                 CpEvent::Keys { keys, .. } => {
                     for key in keys {
@@ -334,7 +335,7 @@ impl ReaderState {
                             format!("osdp reader at address {addr}: tamper switch closed again")
                         };
                         tracing::warn!(reader = %id, "{detail}");
-                        emitter.emit_status(EventType::Tamper, detail, now).await;
+                        emitter.emit_status(EventType::Tamper, detail).await;
                     }
                     if power_failure != self.power_failure {
                         self.power_failure = power_failure;
@@ -344,9 +345,7 @@ impl ReaderState {
                             format!("osdp reader at address {addr}: power restored")
                         };
                         tracing::warn!(reader = %id, "{detail}");
-                        emitter
-                            .emit_status(EventType::ReaderFault, detail, now)
-                            .await;
+                        emitter.emit_status(EventType::ReaderFault, detail).await;
                     }
                 }
                 CpEvent::Online { secure, .. } => {
@@ -367,9 +366,7 @@ impl ReaderState {
                         self.reported_down = false;
                         let detail =
                             format!("osdp reader at address {addr} back on line ({channel})");
-                        emitter
-                            .emit_status(EventType::ReaderFault, detail, now)
-                            .await;
+                        emitter.emit_status(EventType::ReaderFault, detail).await;
                     }
                 }
                 CpEvent::Offline {
@@ -386,9 +383,7 @@ impl ReaderState {
                     };
                     tracing::warn!(reader = %id, "{detail}");
                     emitter.set_connected(false, Some(detail.clone()));
-                    emitter
-                        .emit_status(EventType::ReaderFault, detail, now)
-                        .await;
+                    emitter.emit_status(EventType::ReaderFault, detail).await;
                 }
                 CpEvent::SecureFault { fault, .. } => {
                     metrics.osdp_secure(&id, false);
@@ -400,9 +395,7 @@ impl ReaderState {
                         let detail = format!("osdp reader at address {addr}: {fault}");
                         tracing::error!(reader = %id, "{detail}");
                         emitter.set_connected(false, Some(detail.clone()));
-                        emitter
-                            .emit_status(EventType::ReaderFault, detail, now)
-                            .await;
+                        emitter.emit_status(EventType::ReaderFault, detail).await;
                     }
                 }
                 CpEvent::Nak { code, command, .. } => {
