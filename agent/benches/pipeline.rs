@@ -419,15 +419,21 @@ count = 0
     rss_hwm_kib = rss_hwm_kib.max(vm_hwm_kib(agent.0.id())?);
     drop(agent);
 
-    let ledger = emulator.ledger(GATEWAY);
-    let seqs: HashSet<u64> = ledger
-        .iter()
-        .filter_map(|r| r.row["seq"].as_u64())
-        .collect();
+    // Borrowed, not copied: a copy of a 5M-row ledger does not fit beside the original.
+    let (rows, seqs) = emulator.with_ledger(GATEWAY, |rows| {
+        let mut count = 0u64;
+        let mut seqs = HashSet::new();
+        for r in rows {
+            count += 1;
+            if let Some(seq) = r.row["seq"].as_u64() {
+                seqs.insert(seq);
+            }
+        }
+        (count, seqs)
+    });
     ensure!(
-        ledger.len() as u64 == n && seqs.len() as u64 == n,
-        "ledger holds {} rows with {} distinct seqs, expected {n} exactly once",
-        ledger.len(),
+        rows == n && seqs.len() as u64 == n,
+        "ledger holds {rows} rows with {} distinct seqs, expected {n} exactly once",
         seqs.len()
     );
     let committed = committed_at.unwrap_or_default();

@@ -497,11 +497,18 @@ impl Model {
 
     /// Committed rows of one channel (case-insensitive), or of all channels for `None`.
     pub fn ledger(&self, channel: Option<&str>) -> Vec<CommittedRow> {
+        self.ledger_iter(channel).cloned().collect()
+    }
+
+    /// The same rows, borrowed: a benchmark's ledger holds millions of rows, and a copy of them
+    /// doubles the emulator's memory.
+    pub fn ledger_iter<'a>(
+        &'a self,
+        channel: Option<&'a str>,
+    ) -> impl Iterator<Item = &'a CommittedRow> + 'a {
         self.ledger
             .iter()
-            .filter(|r| channel.is_none_or(|c| r.channel.eq_ignore_ascii_case(c)))
-            .cloned()
-            .collect()
+            .filter(move |r| channel.is_none_or(|c| r.channel.eq_ignore_ascii_case(c)))
     }
 }
 
