@@ -33,6 +33,27 @@ use rsa::pkcs8::{EncodePublicKey, LineEnding};
 
 /// Today's release: the last commit before chunked buffers.
 const OLD_COMMIT: &str = "7a49260";
+/// The same commit in full, for fetching it by id.
+const OLD_COMMIT_FULL: &str = "7a49260b8b20745a1222709967fe76e7768aa4c3";
+
+/// Makes sure [`OLD_COMMIT`] is in the clone: a shallow clone (as some CI checkouts are) lacks
+/// it, so fetch it from `origin` then. A clone that still lacks it fails the test below, loudly.
+fn ensure_old_commit(workspace: &Path) {
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .arg("-C")
+            .arg(workspace)
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let present = || git(&["cat-file", "-e", &format!("{OLD_COMMIT_FULL}^{{commit}}")]);
+    if !present() && !git(&["fetch", "--unshallow", "origin"]) {
+        git(&["fetch", "origin", OLD_COMMIT_FULL]);
+    }
+}
 
 /// Builds the agent of [`OLD_COMMIT`] (once; later runs reuse the build) and returns its binary.
 /// Fails loudly when git or cargo cannot do it: this test never skips.
@@ -42,6 +63,7 @@ fn old_release_binary() -> PathBuf {
     let src = base.join("src");
     if !src.join("Cargo.toml").exists() {
         std::fs::create_dir_all(&base).unwrap();
+        ensure_old_commit(workspace);
         let out = Command::new("git")
             .arg("-C")
             .arg(workspace)
