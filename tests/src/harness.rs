@@ -102,6 +102,42 @@ impl Rig {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Waits up to `within` until the ledger holds `n` rows of [`GATEWAY`], then checks they are
+    /// seqs `0..n` exactly once and in order (after 2 s more, so a late duplicate shows up).
+    /// Returns the rows.
+    pub fn assert_ledger_exactly_once(
+        &self,
+        n: u64,
+        within: Duration,
+    ) -> Vec<snowpipe_emulator::CommittedRow> {
+        let deadline = std::time::Instant::now() + within;
+        while (self.emulator.ledger(GATEWAY).len() as u64) < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "only {} of {n} swipes committed; agent log:\n{}",
+                self.emulator.ledger(GATEWAY).len(),
+                self.agent_log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        std::thread::sleep(Duration::from_secs(2));
+        let rows = self.emulator.ledger(GATEWAY);
+        let seqs: Vec<u64> = rows
+            .iter()
+            .map(|r| r.row["seq"].as_u64().unwrap_or(u64::MAX))
+            .collect();
+        let unique: BTreeSet<_> = seqs.iter().copied().collect();
+        assert_eq!(seqs.len(), unique.len(), "a swipe was committed twice");
+        assert_eq!(
+            unique,
+            (0..n).collect(),
+            "swipes missing; agent log:\n{}",
+            self.agent_log()
+        );
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "order not kept");
+        rows
+    }
+
     /// Polls `done` until it holds; after 60 s fails naming `what`, with the agent's log.
     pub fn wait_for(&self, what: &str, mut done: impl FnMut() -> bool) {
         let deadline = std::time::Instant::now() + Duration::from_secs(60);

@@ -2,8 +2,7 @@
 //! none duplicated, order kept.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use badge_tests::harness::{terminate, Rig, GATEWAY};
 use snowpipe_emulator::{FaultAction, FaultRule, Op};
@@ -24,26 +23,7 @@ fn rig() -> Rig {
 
 /// Waits until the ledger holds `SWIPES` rows, then checks exactly-once and order.
 fn assert_all_landed_once(rig: &Rig, within: Duration) {
-    let deadline = Instant::now() + within;
-    while rig.emulator.ledger(GATEWAY).len() < SWIPES as usize {
-        assert!(
-            Instant::now() < deadline,
-            "only {} of {SWIPES} swipes committed; agent log:\n{}",
-            rig.emulator.ledger(GATEWAY).len(),
-            rig.agent_log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    std::thread::sleep(Duration::from_secs(2)); // let a duplicate show up, if there is one
-    let rows = rig.emulator.ledger(GATEWAY);
-    let seqs: Vec<u64> = rows
-        .iter()
-        .map(|r| r.row["seq"].as_u64().unwrap())
-        .collect();
-    let unique: BTreeSet<_> = seqs.iter().copied().collect();
-    assert_eq!(seqs.len(), unique.len(), "a swipe was committed twice");
-    assert_eq!(unique, (0..SWIPES).collect(), "swipes missing");
-    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "order not kept");
+    rig.assert_ledger_exactly_once(SWIPES, within);
 }
 
 #[test]

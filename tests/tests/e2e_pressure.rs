@@ -4,7 +4,6 @@
 //! commit is retried from the in-memory retry queue, not dropped.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -13,7 +12,7 @@ use badge_agent::row::rfc3339_utc_millis;
 use badge_tests::faults::{
     lowest_free_fd, nofile, set_nofile_soft, use_buffer, use_health_port, Tmpfs,
 };
-use badge_tests::harness::{terminate, Rig, GATEWAY};
+use badge_tests::harness::{terminate, Rig};
 
 /// Swipes of the simulated reader: 40/s for 10 s, the fault lasts 4 s of it.
 const SWIPES: u64 = 400;
@@ -52,31 +51,7 @@ fn metric(text: &str, name: &str) -> f64 {
 /// Waits for every swipe in the ledger, then checks exactly once, in order, none missing;
 /// returns how many were swiped inside `window` (Unix ms).
 fn assert_all_landed_once(rig: &Rig, window: (i64, i64)) -> usize {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while rig.emulator.ledger(GATEWAY).len() < SWIPES as usize {
-        assert!(
-            Instant::now() < deadline,
-            "only {} of {SWIPES} swipes committed; agent log:\n{}",
-            rig.emulator.ledger(GATEWAY).len(),
-            rig.agent_log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    std::thread::sleep(Duration::from_secs(2)); // let a duplicate show up, if there is one
-    let rows = rig.emulator.ledger(GATEWAY);
-    let seqs: Vec<u64> = rows
-        .iter()
-        .map(|r| r.row["seq"].as_u64().unwrap())
-        .collect();
-    let unique: BTreeSet<_> = seqs.iter().copied().collect();
-    assert_eq!(seqs.len(), unique.len(), "a swipe was committed twice");
-    assert_eq!(
-        unique,
-        (0..SWIPES).collect(),
-        "swipes missing; agent log:\n{}",
-        rig.agent_log()
-    );
-    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "order not kept");
+    let rows = rig.assert_ledger_exactly_once(SWIPES, Duration::from_secs(120));
     let log = rig.agent_log();
     assert!(
         !log.contains("swipe NOT stored"),
