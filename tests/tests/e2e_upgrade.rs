@@ -94,6 +94,9 @@ fn old_release_binary() -> PathBuf {
         .current_dir(&src)
         .args(["build", "-p", "badge-agent", "--features", "demo"])
         .env("CARGO_TARGET_DIR", base.join("target"))
+        // That commit's profile has full debuginfo: ~1 GB of disk a test does not need.
+        .env("CARGO_PROFILE_DEV_DEBUG", "0")
+        .env("CARGO_INCREMENTAL", "0")
         .status()
         .expect("cargo must be runnable to build today's release");
     assert!(status.success(), "building {OLD_COMMIT} failed: {status}");
