@@ -141,19 +141,24 @@ impl Drop for Tmpfs {
 /// binary. Panics (fails the test) when the script, FUSE or the build is missing.
 pub fn build_lazyfs() -> PathBuf {
     let root = repo_root();
-    // LazyFS is not vendored: its source and offline build script (Debian packages only) are
-    // provided beside the clone on the team's machines and in CI. LAZYFS_BUILD_SCRIPT points
+    // LazyFS is not vendored: its source and offline build script (Debian packages only) sit in
+    // a tools folder beside the clone on the team's machines and in CI; LAZYFS_BUILD_SCRIPT points
     // elsewhere.
-    let script = std::env::var_os("LAZYFS_BUILD_SCRIPT").map_or_else(
-        || {
-            root.join("..")
-                .join("shared")
-                .join("tools")
-                .join("lazyfs")
-                .join("build.sh")
-        },
-        PathBuf::from,
-    );
+    let script = match std::env::var_os("LAZYFS_BUILD_SCRIPT") {
+        Some(path) => PathBuf::from(path),
+        None => root
+            .parent()
+            .and_then(|beside| find_lazyfs_build_script(beside, &root, 3))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no LazyFS build script found beside the clone (a `lazyfs/build.sh` up to three \
+                     folders below {}): the power-cut test cannot run; set LAZYFS_BUILD_SCRIPT to a \
+                     LazyFS build script that takes the output directory and prints the binary's \
+                     path last",
+                    root.parent().unwrap_or(&root).display()
+                )
+            }),
+    };
     assert!(
         script.exists(),
         "the LazyFS build script {} is missing: the power-cut test cannot run (set \
@@ -193,6 +198,27 @@ pub fn build_lazyfs() -> PathBuf {
         );
     }
     bin
+}
+
+/// The first `lazyfs/build.sh` at most `depth` folders below `dir` (sorted, so the choice is
+/// stable), not looking inside the clone itself or any build output folder.
+fn find_lazyfs_build_script(dir: &Path, clone: &Path, depth: usize) -> Option<PathBuf> {
+    let candidate = dir.join("lazyfs").join("build.sh");
+    if candidate.is_file() {
+        return Some(candidate);
+    }
+    if depth == 0 {
+        return None;
+    }
+    let mut subdirs: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| path.is_dir() && path != clone && !path.ends_with("target"))
+        .collect();
+    subdirs.sort();
+    subdirs
+        .iter()
+        .find_map(|sub| find_lazyfs_build_script(sub, clone, depth - 1))
 }
 
 /// One LazyFS mount over a backing directory on the local disk. Commands go through a FIFO; a
