@@ -78,6 +78,11 @@ impl Rig {
 
     /// Starts the agent binary (built by this package) with debug logs of durable swipes.
     pub fn start_agent(&self) -> anyhow::Result<Child> {
+        self.start_agent_logging("warn,badge_agent::readers=debug")
+    }
+
+    /// Starts the agent binary with `RUST_LOG` set to `filter`, appending to [`Rig::log`].
+    pub fn start_agent_logging(&self, filter: &str) -> anyhow::Result<Child> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -86,7 +91,7 @@ impl Rig {
             .args(["--log", "stderr", "--config"])
             .arg(&self.config)
             .arg("run")
-            .env("RUST_LOG", "warn,badge_agent::readers=debug")
+            .env("RUST_LOG", filter)
             // Nothing may leave loopback.
             .env("HTTPS_PROXY", "http://127.0.0.1:9")
             .env("NO_PROXY", "127.0.0.1")

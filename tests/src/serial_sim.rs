@@ -5,10 +5,15 @@
 //! `/dev/serial/by-id/…`, so "unplug and replug" is: close the pty, open a new one, re-point the
 //! link.
 
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
 use anyhow::Context;
 use nix::fcntl::{fcntl, FcntlArg, FdFlag};
@@ -85,6 +90,82 @@ pub fn rdm6300_frame(id40: u64) -> Vec<u8> {
 /// A converter line: the 24 data bits of a W26 frame as 6 hex digits and CR (WIE232 style).
 pub fn converter_line(facility: u8, card: u16) -> Vec<u8> {
     format!("{facility:02X}{card:04X}\r").into_bytes()
+}
+
+/// Two serial readers on linked ptys (an RDM6300 module `rdm` and a Wiegand-to-serial converter
+/// `conv`) and a thread presenting a new, unique badge every few milliseconds on alternating
+/// readers, remembering each credential as the agent stores it.
+pub struct BadgeWriter {
+    /// The `[[reader]]` tables for the agent's config.
+    pub readers_toml: String,
+    sent: Arc<Mutex<BTreeSet<String>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    ptys: Option<(SerialSim, SerialSim)>,
+    id_base: u64,
+}
+
+impl BadgeWriter {
+    /// Opens both ptys with their links in `dir`; badges flow once [`BadgeWriter::start`] is
+    /// called. RDM6300 ids count up from `id_base`, so that two tests never share a badge.
+    pub fn open(dir: &Path, id_base: u64) -> anyhow::Result<Self> {
+        let rdm_link = dir.join("ttyRDM");
+        let conv_link = dir.join("ttyCONV");
+        let ptys = (
+            SerialSim::open_linked(&rdm_link)?,
+            SerialSim::open_linked(&conv_link)?,
+        );
+        Ok(Self {
+            readers_toml: format!(
+                "[[reader]]\nid = \"rdm\"\nkind = \"serial\"\ndevice = \"{}\"\nframing = \"rdm6300\"\n\
+                 [[reader]]\nid = \"conv\"\nkind = \"serial\"\ndevice = \"{}\"\nframing = \"line\"\n",
+                rdm_link.display(),
+                conv_link.display()
+            ),
+            sent: Arc::default(),
+            stop: Arc::default(),
+            thread: None,
+            ptys: Some(ptys),
+            id_base,
+        })
+    }
+
+    /// Starts presenting badges (once; a second call does nothing).
+    pub fn start(&mut self) {
+        let Some((mut rdm, mut conv)) = self.ptys.take() else {
+            return;
+        };
+        let (sent, stop, id_base) = (Arc::clone(&self.sent), Arc::clone(&self.stop), self.id_base);
+        self.thread = Some(std::thread::spawn(move || {
+            let mut n: u64 = 0;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let credential = if n.is_multiple_of(2) {
+                    let id = id_base + n;
+                    rdm.send(&rdm6300_frame(id))
+                        .expect("writing to the RDM6300 pty");
+                    format!("EM4100:{id:010x}")
+                } else {
+                    let (fc, card) = ((n >> 16) as u8, n as u16);
+                    conv.send(&converter_line(fc, card))
+                        .expect("writing to the converter pty");
+                    format!("RAW24:{:06x}", (u32::from(fc) << 16) | u32::from(card))
+                };
+                sent.lock().expect("badge list").insert(credential);
+                std::thread::sleep(Duration::from_millis(4));
+            }
+        }));
+    }
+
+    /// Stops the thread and returns every credential presented.
+    pub fn stop(mut self) -> BTreeSet<String> {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            thread.join().expect("the badge writer thread panicked");
+        }
+        let sent = self.sent.lock().expect("badge list");
+        sent.clone()
+    }
 }
 
 #[cfg(test)]

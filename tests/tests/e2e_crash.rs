@@ -4,61 +4,25 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use badge_tests::harness::{kill9, terminate, Rig, XorShift};
-use badge_tests::serial_sim::{converter_line, rdm6300_frame, SerialSim};
+use badge_tests::serial_sim::BadgeWriter;
 
 const ITERATIONS: u32 = 200;
 
 #[test]
 fn every_acknowledged_swipe_lands_exactly_once_across_kill_9() {
     let scratch = tempfile::tempdir().unwrap();
-    let rdm_link = scratch.path().join("ttyRDM");
-    let conv_link = scratch.path().join("ttyCONV");
-    let mut rdm = SerialSim::open_linked(&rdm_link).unwrap();
-    let mut conv = SerialSim::open_linked(&conv_link).unwrap();
-    let readers = format!(
-        "[[reader]]\nid = \"rdm\"\nkind = \"serial\"\ndevice = \"{}\"\nframing = \"rdm6300\"\n\
-         [[reader]]\nid = \"conv\"\nkind = \"serial\"\ndevice = \"{}\"\nframing = \"line\"\n",
-        rdm_link.display(),
-        conv_link.display()
-    );
+    let mut badges = BadgeWriter::open(scratch.path(), 0x1000_0000).unwrap();
     let rig = Rig::new(
         env!("CARGO_BIN_EXE_badge-agent-e2e"),
-        &readers,
+        &badges.readers_toml,
         Duration::from_millis(30),
     )
     .unwrap();
 
-    // A writer thread presents a new, unique badge every few milliseconds on alternating readers.
-    let sent = Arc::new(Mutex::new(BTreeSet::new()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let sent = Arc::clone(&sent);
-        let stop = Arc::clone(&stop);
-        std::thread::spawn(move || {
-            let mut n: u64 = 0;
-            while !stop.load(Ordering::Relaxed) {
-                n += 1;
-                if n.is_multiple_of(2) {
-                    let id = 0x1000_0000 + n;
-                    rdm.send(&rdm6300_frame(id)).unwrap();
-                    sent.lock().unwrap().insert(format!("EM4100:{id:010x}"));
-                } else {
-                    let (fc, card) = ((n >> 16) as u8, n as u16);
-                    conv.send(&converter_line(fc, card)).unwrap();
-                    sent.lock().unwrap().insert(format!(
-                        "RAW24:{:06x}",
-                        (u32::from(fc) << 16) | u32::from(card)
-                    ));
-                }
-                std::thread::sleep(Duration::from_millis(4));
-            }
-        })
-    };
+    badges.start();
 
     let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
     for _ in 0..ITERATIONS {
@@ -66,8 +30,7 @@ fn every_acknowledged_swipe_lands_exactly_once_across_kill_9() {
         std::thread::sleep(Duration::from_millis(30 + rng.below(400)));
         kill9(&mut agent);
     }
-    stop.store(true, Ordering::Relaxed);
-    writer.join().unwrap();
+    let sent = badges.stop();
 
     // A last, undisturbed run drains everything that was made durable.
     let acknowledged_before = rig.acknowledged().unwrap();
@@ -95,7 +58,6 @@ fn every_acknowledged_swipe_lands_exactly_once_across_kill_9() {
 
     let acked = rig.acknowledged().unwrap();
     let (credentials, event_ids) = rig.committed();
-    let sent = sent.lock().unwrap().clone();
     let unique_credentials: BTreeSet<_> = credentials.iter().cloned().collect();
     let unique_ids: BTreeSet<_> = event_ids.iter().cloned().collect();
     eprintln!(

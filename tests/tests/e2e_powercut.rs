@@ -13,14 +13,12 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use badge_agent::buffer::{Buffer, BufferOptions};
 use badge_tests::faults::{build_lazyfs, use_buffer, LazyFs};
 use badge_tests::harness::{kill9, terminate, Rig};
-use badge_tests::serial_sim::{converter_line, rdm6300_frame, SerialSim};
+use badge_tests::serial_sim::BadgeWriter;
 use snowpipe_emulator::{FaultAction, FaultRule, Op};
 
 /// Cuts while ingesting with the service up (every 3rd a torn write).
@@ -85,19 +83,10 @@ fn acknowledged_swipes_survive_power_cuts_during_ingest_and_drain() {
     fs.mount().unwrap();
 
     let scratch = tempfile::tempdir().unwrap();
-    let rdm_link = scratch.path().join("ttyRDM");
-    let conv_link = scratch.path().join("ttyCONV");
-    let mut rdm = SerialSim::open_linked(&rdm_link).unwrap();
-    let mut conv = SerialSim::open_linked(&conv_link).unwrap();
-    let readers = format!(
-        "[[reader]]\nid = \"rdm\"\nkind = \"serial\"\ndevice = \"{}\"\nframing = \"rdm6300\"\n\
-         [[reader]]\nid = \"conv\"\nkind = \"serial\"\ndevice = \"{}\"\nframing = \"line\"\n",
-        rdm_link.display(),
-        conv_link.display()
-    );
+    let mut badges = BadgeWriter::open(scratch.path(), 0x2000_0000).unwrap();
     let rig = Rig::new(
         env!("CARGO_BIN_EXE_badge-agent-e2e"),
-        &readers,
+        &badges.readers_toml,
         Duration::from_millis(100),
     )
     .unwrap();
@@ -106,32 +95,7 @@ fn acknowledged_swipes_survive_power_cuts_during_ingest_and_drain() {
     use_buffer(&rig, &buffer_dir, "min_free_bytes = 0\n").unwrap();
     let db_file = fs.root.join("buffer/db");
 
-    // A writer thread presents a new, unique badge every few milliseconds on alternating readers.
-    let sent = Arc::new(Mutex::new(BTreeSet::new()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let sent = Arc::clone(&sent);
-        let stop = Arc::clone(&stop);
-        std::thread::spawn(move || {
-            let mut n: u64 = 0;
-            while !stop.load(Ordering::Relaxed) {
-                n += 1;
-                if n.is_multiple_of(2) {
-                    let id = 0x2000_0000 + n;
-                    rdm.send(&rdm6300_frame(id)).unwrap();
-                    sent.lock().unwrap().insert(format!("EM4100:{id:010x}"));
-                } else {
-                    let (fc, card) = ((n >> 16) as u8, n as u16);
-                    conv.send(&converter_line(fc, card)).unwrap();
-                    sent.lock().unwrap().insert(format!(
-                        "RAW24:{:06x}",
-                        (u32::from(fc) << 16) | u32::from(card)
-                    ));
-                }
-                std::thread::sleep(Duration::from_millis(4));
-            }
-        })
-    };
+    badges.start();
 
     let mut rng = badge_tests::harness::XorShift(0x5DEE_CE66_D1CE_4E5B);
     let (mut cuts, mut torn_fired, mut torn_tried) = (0u32, 0u32, 0u32);
@@ -209,8 +173,7 @@ fn acknowledged_swipes_survive_power_cuts_during_ingest_and_drain() {
             cuts += 1;
         }
     }
-    stop.store(true, Ordering::Relaxed);
-    writer.join().unwrap();
+    let sent = badges.stop();
     rig.emulator.set_faults(Default::default());
 
     // A last, undisturbed run drains everything that was made durable.
@@ -245,7 +208,6 @@ fn acknowledged_swipes_survive_power_cuts_during_ingest_and_drain() {
 
     let acked = rig.acknowledged().unwrap();
     let (credentials, event_ids) = rig.committed();
-    let sent = sent.lock().unwrap().clone();
     let unique_credentials: BTreeSet<_> = credentials.iter().cloned().collect();
     let unique_ids: BTreeSet<_> = event_ids.iter().cloned().collect();
     eprintln!(

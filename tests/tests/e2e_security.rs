@@ -145,19 +145,7 @@ fn trace_logging_never_dumps_http_traffic() {
         Duration::from_millis(200),
     )
     .unwrap();
-    let log = std::fs::File::create(&rig.log).unwrap();
-    let mut agent = Command::new(AGENT)
-        .args(["--log", "stderr", "--config"])
-        .arg(&rig.config)
-        .arg("run")
-        .env("RUST_LOG", "trace")
-        .env("HTTPS_PROXY", "http://127.0.0.1:9")
-        .env("NO_PROXY", "127.0.0.1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
+    let mut agent = rig.start_agent_logging("trace").unwrap();
     rig.wait_for("20 rows committed", || {
         rig.emulator.ledger(GATEWAY).len() >= 20
     });
