@@ -1243,16 +1243,18 @@ impl Buffer {
         merge_pass(&self.c, &self.maint, &mut cursor)
     }
 
-    /// Test/diagnostic hook: overwrite the stored legacy value of `seq` with raw bytes.
-    #[doc(hidden)]
-    pub fn put_raw_for_test(&self, seq: u64, raw: &[u8]) -> Result<(), BufferError> {
+    /// Test hook (not in the agent binary): overwrite the stored legacy value of `seq` with raw
+    /// bytes.
+    #[cfg(test)]
+    pub(crate) fn put_raw_for_test(&self, seq: u64, raw: &[u8]) -> Result<(), BufferError> {
         self.q.insert(seq.to_be_bytes(), raw)?;
         Ok(())
     }
 
-    /// Test/diagnostic hook: overwrite the stored chunk at key `first` with raw bytes.
-    #[doc(hidden)]
-    pub fn put_raw_chunk_for_test(&self, first: u64, raw: &[u8]) -> Result<(), BufferError> {
+    /// Test hook (not in the agent binary): overwrite the stored chunk at key `first` with raw
+    /// bytes.
+    #[cfg(test)]
+    pub(crate) fn put_raw_chunk_for_test(&self, first: u64, raw: &[u8]) -> Result<(), BufferError> {
         self.c.insert(first.to_be_bytes(), raw)?;
         Ok(())
     }
