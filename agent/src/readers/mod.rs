@@ -46,9 +46,9 @@ pub fn spawn(
     shutdown: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     let kind = match spec.source {
-        ReaderSource::Serial { .. } => "serial",
-        ReaderSource::Wiegand { .. } => "wiegand",
-        ReaderSource::Simulated { .. } => "simulated",
+        ReaderSource::Serial(_) => "serial",
+        ReaderSource::Wiegand(_) => "wiegand",
+        ReaderSource::Simulated(_) => "simulated",
         ReaderSource::Osdp(_) => "osdp",
     };
     health.update_reader(&spec.id, |r| r.kind = kind.to_owned());
@@ -118,46 +118,9 @@ async fn supervise(
 fn start(spec: &ReaderSpec, emitter: Emitter, shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
     match spec.source.clone() {
         ReaderSource::Osdp(settings) => tokio::spawn(osdp::run(emitter, settings, shutdown)),
-        ReaderSource::Serial {
-            device,
-            baud,
-            framing,
-            line,
-        } => tokio::spawn(serial::run(emitter, device, baud, framing, line, shutdown)),
-        ReaderSource::Wiegand {
-            chip,
-            d0,
-            d1,
-            format,
-            keypad,
-            frame_timeout,
-        } => tokio::spawn(wiegand::run(
-            emitter,
-            wiegand::WiegandLines {
-                chip,
-                d0,
-                d1,
-                format,
-                keypad,
-                frame_timeout,
-            },
-            shutdown,
-        )),
-        ReaderSource::Simulated {
-            rate_per_sec,
-            count,
-            facility,
-            population,
-        } => tokio::spawn(simulated::run(
-            emitter,
-            simulated::Script {
-                rate_per_sec,
-                count,
-                facility,
-                population,
-            },
-            shutdown,
-        )),
+        ReaderSource::Serial(settings) => tokio::spawn(serial::run(emitter, settings, shutdown)),
+        ReaderSource::Wiegand(settings) => tokio::spawn(wiegand::run(emitter, settings, shutdown)),
+        ReaderSource::Simulated(script) => tokio::spawn(simulated::run(emitter, script, shutdown)),
     }
 }
 
@@ -212,8 +175,8 @@ impl Emitter {
         heartbeat: Heartbeat,
     ) -> Self {
         let source = match spec.source {
-            ReaderSource::Wiegand { .. } => Source::Wiegand,
-            ReaderSource::Serial { .. } | ReaderSource::Simulated { .. } => Source::Serial,
+            ReaderSource::Wiegand(_) => Source::Wiegand,
+            ReaderSource::Serial(_) | ReaderSource::Simulated(_) => Source::Serial,
             ReaderSource::Osdp(_) => Source::Osdp,
         };
         let rearm_ns = u64::try_from(spec.dedup_window.as_nanos()).unwrap_or(u64::MAX);
@@ -494,12 +457,12 @@ mod tests {
             door: Some("d1".into()),
             direction: Some(Direction::In),
             dedup_window: Duration::from_millis(1500),
-            source: ReaderSource::Simulated {
+            source: ReaderSource::Simulated(simulated::Script {
                 rate_per_sec: 1.0,
                 count: None,
                 facility: 1,
                 population: 1,
-            },
+            }),
         }
     }
 
@@ -562,12 +525,12 @@ mod tests {
         health.set_ready(true);
         let mut doomed = spec();
         // What `validate` now refuses: the simulated reader's period overflows a Duration.
-        doomed.source = ReaderSource::Simulated {
+        doomed.source = ReaderSource::Simulated(simulated::Script {
             rate_per_sec: 1e-300,
             count: None,
             facility: 1,
             population: 1,
-        };
+        });
         let (stop_tx, stop_rx) = watch::channel(false);
         let task = spawn(doomed, Arc::clone(&health), committer, stop_rx);
         // First death at once, the restart after 0.5 s dies again.
