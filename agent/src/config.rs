@@ -5,6 +5,20 @@
 //! cannot and turns each reader into a typed [`ReaderSpec`]. Every error names the key and says
 //! how to fix it, because the person reading it is a field technician with a terminal.
 //!
+//! # One type per setting
+//!
+//! A setting has one type, owned by the module that uses it, and serde reads the file straight
+//! into it: `buffer.full_policy` is [`FullPolicy`], `snowflake.compression` is
+//! [`ContentEncoding`], `direction` is [`Direction`], `framing`, `line_terminator` and
+//! `line_radix` are `reader_protocol::serial` types, and a validated reader carries its reader
+//! module's own settings ([`ReaderSource`]). No mirror enum or struct is copied field by field.
+//! This file keeps only the file's shape (sections, the flat `[[reader]]` table, defaults) and
+//! what the domain types cannot express: the checks of [`Config::validate`] and their messages.
+//! Where a section genuinely differs from what runs (a path resolved from the environment, a key
+//! file read later, one section feeding two runtime types) it stays a section type here and the
+//! domain module owns the one conversion: `BufferOptions::from_config` and
+//! `GroupCommitConfig::from_config` (buffer), `ClientConfig::from_snowflake_config` (snowpipe).
+//!
 //! ```toml
 //! gateway_id = "gw-lobby-01"
 //!
@@ -36,10 +50,17 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use reader_protocol::serial::{LineConfig, Radix, SerialFraming, Terminator};
 use reader_protocol::wiegand::FormatChoice;
 use serde::Deserialize;
 
+pub use crate::buffer::FullPolicy;
+use crate::readers::osdp::OsdpSettings;
+use crate::readers::serial::SerialSettings;
+use crate::readers::simulated::Script;
+use crate::readers::wiegand::WiegandSettings;
 pub use crate::row::Direction;
+use crate::snowpipe::ContentEncoding;
 
 /// Where the service looks for its configuration unless told otherwise.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/badge-agent/config.toml";
@@ -206,17 +227,6 @@ impl Default for BufferConfig {
     }
 }
 
-/// What the buffer does once it reaches `max_bytes`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FullPolicy {
-    /// Keep every buffered swipe; refuse (and count) new ones until the drain makes room.
-    #[default]
-    RefuseNew,
-    /// Make room by dropping the oldest buffered swipes (counted as dropped).
-    DropOldest,
-}
-
 /// `[snowflake]`: the account and pipe swipes land in.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -243,9 +253,9 @@ pub struct SnowflakeConfig {
     pub extra_ca_file: Option<PathBuf>,
     /// HTTPS proxy URL; overrides `HTTPS_PROXY`.
     pub proxy: Option<String>,
-    /// Body compression for appends.
+    /// Body compression for appends: `zstd` (default), `gzip` or `none`.
     #[serde(default)]
-    pub compression: Compression,
+    pub compression: ContentEncoding,
     /// Per-request timeout.
     #[serde(default = "SnowflakeConfig::default_timeout_secs")]
     pub request_timeout_secs: u64,
@@ -268,19 +278,6 @@ impl SnowflakeConfig {
     pub fn channel_name<'a>(&'a self, gateway_id: &'a str) -> &'a str {
         self.channel.as_deref().unwrap_or(gateway_id)
     }
-}
-
-/// Append body compression.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Compression {
-    /// zstd, what the official client sends.
-    #[default]
-    Zstd,
-    /// gzip.
-    Gzip,
-    /// No compression (debugging).
-    None,
 }
 
 /// `[health]`: the metrics and health listener.
@@ -324,6 +321,36 @@ impl Default for HealthConfig {
         Self {
             listen: Self::default_listen(),
             socket: None,
+        }
+    }
+}
+
+/// `[heartbeat]`: a `heartbeat` row every `interval_secs`, so the Snowflake side can tell a quiet
+/// door from a dead gateway. Heartbeats yield to swipes: skipped (and counted) when the buffer
+/// is near full or the commit queue is busy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatConfig {
+    /// Seconds between heartbeats; 0 turns them off.
+    #[serde(default = "HeartbeatConfig::default_interval_secs")]
+    pub interval_secs: u64,
+}
+
+impl HeartbeatConfig {
+    fn default_interval_secs() -> u64 {
+        300
+    }
+
+    /// The interval, or `None` when heartbeats are off.
+    pub fn interval(&self) -> Option<Duration> {
+        (self.interval_secs > 0).then(|| Duration::from_secs(self.interval_secs))
+    }
+}
+
+impl Default for HeartbeatConfig {
+    fn default() -> Self {
+        HeartbeatConfig {
+            interval_secs: Self::default_interval_secs(),
         }
     }
 }
@@ -378,11 +405,11 @@ pub struct ReaderConfig {
     /// serial: `rdm6300`, `id12` or `line`.
     pub framing: Option<SerialFraming>,
     /// serial line framing: terminator `cr`, `lf`, `crlf` or `etx`.
-    pub line_terminator: Option<LineTerminator>,
+    pub line_terminator: Option<Terminator>,
     /// serial line framing: lines are wrapped in STX … ETX.
     pub line_stx: Option<bool>,
     /// serial line framing: `hex` or `decimal` payload.
-    pub line_radix: Option<LineRadix>,
+    pub line_radix: Option<Radix>,
     /// serial line framing: longest accepted line.
     pub line_max_len: Option<usize>,
     /// serial line framing: a partial line is discarded after this much silence.
@@ -435,42 +462,6 @@ impl ReaderConfig {
     }
 }
 
-/// Serial framings the agent knows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SerialFraming {
-    /// RDM6300 and EM4100 modules (14-byte ASCII or 13-byte binary checksum frames).
-    Rdm6300,
-    /// ID Innovations ID-12LA / ID-20LA (16 bytes with CR LF).
-    Id12,
-    /// A configurable line reader for converters and ASCII readers.
-    Line,
-}
-
-/// End of a line for the line framing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LineTerminator {
-    /// `\r`
-    Cr,
-    /// `\n`
-    Lf,
-    /// `\r\n`
-    Crlf,
-    /// 0x03
-    Etx,
-}
-
-/// How the line framing reads the number on a line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LineRadix {
-    /// Hexadecimal digits.
-    Hex,
-    /// Decimal digits.
-    Decimal,
-}
-
 /// A validated reader: common settings plus what its kind needs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReaderSpec {
@@ -488,107 +479,22 @@ pub struct ReaderSpec {
     pub source: ReaderSource,
 }
 
-/// Kind-specific, validated reader settings.
+/// Kind-specific, validated reader settings: each kind's own settings type, owned by its reader
+/// module.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ReaderSource {
     /// A UART reader.
-    Serial {
-        /// Device path.
-        device: PathBuf,
-        /// Baud rate.
-        baud: u32,
-        /// Framing.
-        framing: SerialFraming,
-        /// Line framing settings (used when `framing` is `Line`).
-        line: LineSettings,
-    },
+    Serial(SerialSettings),
     /// A Wiegand reader on GPIO.
-    Wiegand {
-        /// GPIO character device.
-        chip: PathBuf,
-        /// Line offset of D0.
-        d0: u32,
-        /// Line offset of D1.
-        d1: u32,
-        /// Card format.
-        format: FormatChoice,
-        /// 4/8-bit key bursts are collected into PINs.
-        keypad: bool,
-        /// End-of-frame silence.
-        frame_timeout: Duration,
-    },
+    Wiegand(WiegandSettings),
     /// An OSDP reader on an RS-485 bus.
     Osdp(OsdpSettings),
     /// Generated badges.
-    Simulated {
-        /// Swipes per second.
-        rate_per_sec: f64,
-        /// Stop after this many (None: forever).
-        count: Option<u64>,
-        /// Facility code.
-        facility: u32,
-        /// Distinct card numbers.
-        population: u32,
-    },
+    Simulated(Script),
 }
 
 /// OSDP's baud rates.
-pub const OSDP_BAUD_RATES: [u32; 6] = [9600, 19200, 38400, 57600, 115_200, 230_400];
-
-/// A validated OSDP reader: its bus (shared with the other readers on the same device) and its
-/// own address, key, card format and feedback.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OsdpSettings {
-    /// RS-485 adapter.
-    pub device: PathBuf,
-    /// Baud rate of the bus.
-    pub baud: u32,
-    /// Address on the bus.
-    pub address: u8,
-    /// Bus poll interval.
-    pub poll_interval: Duration,
-    /// Bus reply timeout.
-    pub reply_timeout: Duration,
-    /// Bus off-line threshold.
-    pub offline_after: Duration,
-    /// Secure-channel key file (None: plain text).
-    pub key_file: Option<PathBuf>,
-    /// Provision the key on a reader still on the install key.
-    pub install_mode: bool,
-    /// Card format of `osdp_RAW` bits.
-    pub format: FormatChoice,
-    /// LED flash after a durable swipe.
-    pub feedback_led: bool,
-    /// Beep after a durable swipe.
-    pub feedback_beep: bool,
-}
-
-/// Settings of the line framing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LineSettings {
-    /// Line terminator.
-    pub terminator: LineTerminator,
-    /// STX … ETX wrapping.
-    pub stx: bool,
-    /// Payload radix.
-    pub radix: LineRadix,
-    /// Longest accepted line.
-    pub max_len: usize,
-    /// Partial-line timeout.
-    pub timeout: Duration,
-}
-
-impl Default for LineSettings {
-    fn default() -> Self {
-        Self {
-            terminator: LineTerminator::Cr,
-            stx: false,
-            radix: LineRadix::Hex,
-            max_len: 64,
-            timeout: Duration::from_millis(100),
-        }
-    }
-}
+const OSDP_BAUD_RATES: [u32; 6] = [9600, 19200, 38400, 57600, 115_200, 230_400];
 
 impl Config {
     /// Reads and validates a file.
@@ -908,36 +814,40 @@ impl ReaderConfig {
                 "remove the line_* keys or set framing = \"line\"",
             ));
         }
-        let defaults = LineSettings::default();
-        let line = LineSettings {
-            terminator: self.line_terminator.unwrap_or(defaults.terminator),
-            stx: self.line_stx.unwrap_or(defaults.stx),
-            radix: self.line_radix.unwrap_or(defaults.radix),
-            max_len: self.line_max_len.unwrap_or(defaults.max_len),
-            timeout: self
-                .line_timeout_ms
-                .map_or(defaults.timeout, Duration::from_millis),
-        };
-        if !(10..=10_000).contains(&self.line_timeout_ms.unwrap_or(100)) {
+        let timeout_ms = self.line_timeout_ms.unwrap_or(100);
+        if !(10..=10_000).contains(&timeout_ms) {
             return Err(ConfigError::invalid(
                 format!("{key}.line_timeout_ms"),
                 "must be between 10 and 10000",
                 "100 is the default",
             ));
         }
-        if !(4..=256).contains(&line.max_len) {
-            return Err(ConfigError::invalid(
-                format!("{key}.line_max_len"),
-                "must be between 4 and 256",
-                "64 is the default",
-            ));
-        }
-        Ok(ReaderSource::Serial {
+        let defaults = LineConfig::default();
+        let max_len = self.line_max_len.unwrap_or(usize::from(defaults.max_len));
+        let max_len = u16::try_from(max_len)
+            .ok()
+            .filter(|n| (4..=256).contains(n))
+            .ok_or_else(|| {
+                ConfigError::invalid(
+                    format!("{key}.line_max_len"),
+                    "must be between 4 and 256",
+                    "64 is the default",
+                )
+            })?;
+        let line = LineConfig {
+            terminator: self.line_terminator.unwrap_or(defaults.terminator),
+            stx: self.line_stx.unwrap_or(defaults.stx),
+            radix: self.line_radix.unwrap_or(defaults.radix),
+            max_len,
+            inter_byte_timeout_ns: Some(timeout_ms * 1_000_000),
+            ..defaults
+        };
+        Ok(ReaderSource::Serial(SerialSettings {
             device,
             baud,
             framing,
             line,
-        })
+        }))
     }
 
     fn wiegand(&self, key: &str) -> Result<ReaderSource, ConfigError> {
@@ -969,7 +879,7 @@ impl ReaderConfig {
                 "30 is the default",
             ));
         }
-        Ok(ReaderSource::Wiegand {
+        Ok(ReaderSource::Wiegand(WiegandSettings {
             chip: self
                 .chip
                 .clone()
@@ -979,7 +889,7 @@ impl ReaderConfig {
             format,
             keypad: self.keypad.unwrap_or(false),
             frame_timeout: Duration::from_millis(frame_timeout_ms),
-        })
+        }))
     }
 
     fn osdp(&self, key: &str) -> Result<ReaderSource, ConfigError> {
@@ -1095,12 +1005,12 @@ impl ReaderConfig {
                 "500 is the default",
             ));
         }
-        Ok(ReaderSource::Simulated {
+        Ok(ReaderSource::Simulated(Script {
             rate_per_sec,
             count: self.count,
             facility,
             population,
-        })
+        }))
     }
 }
 
@@ -1257,11 +1167,11 @@ mod tests {
         assert_eq!(readers[0].dedup_window, Duration::from_millis(1500));
         assert!(matches!(
             readers[0].source,
-            ReaderSource::Simulated {
+            ReaderSource::Simulated(Script {
                 facility: 42,
                 population: 500,
                 ..
-            }
+            })
         ));
     }
 
@@ -1309,16 +1219,16 @@ mod tests {
         assert_eq!(buffer.min_free_bytes, 0);
         assert_eq!(buffer.full_policy, crate::buffer::FullPolicy::DropOldest);
         match &readers[0].source {
-            ReaderSource::Serial { baud, line, .. } => {
-                assert_eq!(*baud, 9600);
-                assert_eq!(line.terminator, LineTerminator::Crlf);
-                assert_eq!(line.radix, LineRadix::Decimal);
+            ReaderSource::Serial(serial) => {
+                assert_eq!(serial.baud, 9600);
+                assert_eq!(serial.line.terminator, Terminator::CrLf);
+                assert_eq!(serial.line.radix, Radix::Decimal);
             }
             other => panic!("unexpected {other:?}"),
         }
         assert!(matches!(
             &readers[1].source,
-            ReaderSource::Wiegand { d0: 17, d1: 27, .. }
+            ReaderSource::Wiegand(WiegandSettings { d0: 17, d1: 27, .. })
         ));
     }
 
@@ -1610,36 +1520,6 @@ mod tests {
         for (text, key) in cases {
             let err = Config::parse(&text).unwrap().validate().unwrap_err();
             assert!(err.to_string().contains(key), "{key}: {err}");
-        }
-    }
-}
-
-/// `[heartbeat]`: a `heartbeat` row every `interval_secs`, so the Snowflake side can tell a quiet
-/// door from a dead gateway. Heartbeats yield to swipes: skipped (and counted) when the buffer
-/// is near full or the commit queue is busy.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HeartbeatConfig {
-    /// Seconds between heartbeats; 0 turns them off.
-    #[serde(default = "HeartbeatConfig::default_interval_secs")]
-    pub interval_secs: u64,
-}
-
-impl HeartbeatConfig {
-    fn default_interval_secs() -> u64 {
-        300
-    }
-
-    /// The interval, or `None` when heartbeats are off.
-    pub fn interval(&self) -> Option<Duration> {
-        (self.interval_secs > 0).then(|| Duration::from_secs(self.interval_secs))
-    }
-}
-
-impl Default for HeartbeatConfig {
-    fn default() -> Self {
-        HeartbeatConfig {
-            interval_secs: Self::default_interval_secs(),
         }
     }
 }

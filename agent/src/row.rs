@@ -1,7 +1,9 @@
 //! The swipe record and the row the agent sends to Snowflake — **the single definition of the row
 //! schema** (the README links here).
 //!
-//! A reader produces a [`SwipeRecord`]; the buffer stores it (postcard inside a CRC envelope, see
+//! A reader produces a [`SwipeRecord`] ([`SwipeRecord::from_event`] for a decoded event,
+//! [`SwipeRecord::reader_status`] / [`SwipeRecord::status`] for rows without a credential); the
+//! buffer stores it (postcard inside a CRC envelope, see
 //! [`crate::buffer`]); the drain renders it with [`SwipeRecord::to_json_line`] into one NDJSON line
 //! once the buffer has assigned its sequence number.
 //!
@@ -41,7 +43,13 @@
 //! {"gateway_id":"gw-01","seq":42,"event_id":"gw-01:42","reader_id":"r1","zone_id":"lobby","door_id":"d1","direction":"in","event_type":"card","credential":"H10301:12:3456","format":"H10301","facility_code":12,"card_number":3456,"raw_bits":"0191b00a","bit_count":26,"detail":null,"swiped_at":"2026-11-22T10:15:30.123Z","clock_synced":true,"agent_version":"0.1.0"}
 //! ```
 
+use reader_protocol::ReaderEvent;
 use serde::{Deserialize, Serialize};
+
+use crate::config::ReaderSpec;
+
+/// The agent version written into every row (`agent_version`).
+pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// What kind of event a reader reported.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,6 +77,17 @@ impl EventType {
             EventType::ReaderFault => "reader_fault",
             EventType::Tamper => "tamper",
             EventType::Heartbeat => "heartbeat",
+        }
+    }
+}
+
+/// The one mapping from a decoded reader event to its row's `event_type`.
+impl From<&ReaderEvent> for EventType {
+    fn from(event: &ReaderEvent) -> Self {
+        match event {
+            ReaderEvent::Card(_) => EventType::Card,
+            ReaderEvent::Pin(_) => EventType::Pin,
+            ReaderEvent::Fault(_) => EventType::ReaderFault,
         }
     }
 }
@@ -172,6 +191,93 @@ impl<'a> Row<'a> {
 }
 
 impl SwipeRecord {
+    /// A row without a credential and without a place (zone, door, direction): a heartbeat, or
+    /// the base of [`reader_status`](Self::reader_status) and [`from_event`](Self::from_event).
+    pub fn status(
+        event_type: EventType,
+        reader_id: impl Into<String>,
+        detail: Option<String>,
+        swiped_at_ms: i64,
+        clock_synced: bool,
+        agent_version: impl Into<String>,
+    ) -> Self {
+        SwipeRecord {
+            event_type,
+            reader_id: reader_id.into(),
+            zone_id: None,
+            door_id: None,
+            direction: None,
+            credential: None,
+            format: None,
+            facility_code: None,
+            card_number: None,
+            raw_bits: None,
+            bit_count: None,
+            detail,
+            swiped_at_ms,
+            clock_synced,
+            agent_version: agent_version.into(),
+        }
+    }
+
+    /// A row without a credential from a configured reader (tamper, off line, secure-channel
+    /// failure): its id and place, `detail` saying what happened, this agent's version.
+    pub fn reader_status(
+        spec: &ReaderSpec,
+        event_type: EventType,
+        detail: String,
+        swiped_at_ms: i64,
+        clock_synced: bool,
+    ) -> Self {
+        Self::of_reader(spec, event_type, Some(detail), swiped_at_ms, clock_synced)
+    }
+
+    /// The row of an event a configured reader decoded: the credential's fields for a card, the
+    /// PIN's length for a PIN (never the digits), the reason for a fault.
+    pub fn from_event(
+        spec: &ReaderSpec,
+        event: &ReaderEvent,
+        swiped_at_ms: i64,
+        clock_synced: bool,
+    ) -> Self {
+        let detail = event.detail().map(|d| d.to_string());
+        let base = Self::of_reader(spec, event.into(), detail, swiped_at_ms, clock_synced);
+        let Some(c) = event.credential() else {
+            return base;
+        };
+        SwipeRecord {
+            credential: Some(c.canonical().to_string()),
+            format: Some(c.format_name().to_owned()),
+            facility_code: c.facility_code().map(u64::from),
+            card_number: c.card_number(),
+            raw_bits: Some(c.raw_bits_hex().to_string()),
+            bit_count: Some(u32::from(c.bit_count())),
+            ..base
+        }
+    }
+
+    fn of_reader(
+        spec: &ReaderSpec,
+        event_type: EventType,
+        detail: Option<String>,
+        swiped_at_ms: i64,
+        clock_synced: bool,
+    ) -> Self {
+        SwipeRecord {
+            zone_id: spec.zone.clone(),
+            door_id: spec.door.clone(),
+            direction: spec.direction,
+            ..Self::status(
+                event_type,
+                spec.id.clone(),
+                detail,
+                swiped_at_ms,
+                clock_synced,
+                AGENT_VERSION,
+            )
+        }
+    }
+
     /// Renders the row as one NDJSON line (JSON object followed by `\n`).
     pub fn to_json_line(&self, gateway_id: &str, seq: u64) -> Vec<u8> {
         let mut out = Vec::with_capacity(384);
@@ -223,6 +329,8 @@ pub fn rfc3339_utc_millis(unix_ms: i64) -> String {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use reader_protocol::wiegand::{decode, FormatChoice};
+    use reader_protocol::Bits;
 
     pub(crate) fn sample() -> SwipeRecord {
         SwipeRecord {
@@ -241,6 +349,100 @@ mod tests {
             swiped_at_ms: 1_795_342_530_123,
             clock_synced: true,
             agent_version: "0.1.0".into(),
+        }
+    }
+
+    fn spec() -> ReaderSpec {
+        ReaderSpec {
+            id: "lobby".into(),
+            zone: Some("z1".into()),
+            door: Some("d1".into()),
+            direction: Some(Direction::In),
+            dedup_window: std::time::Duration::from_millis(1500),
+            source: crate::config::ReaderSource::Simulated(crate::readers::simulated::Script {
+                rate_per_sec: 1.0,
+                count: None,
+                facility: 1,
+                population: 1,
+            }),
+        }
+    }
+
+    #[test]
+    fn card_event_fills_every_credential_field() {
+        let bits = Bits::from_bit_str("10111101100010001110101110").unwrap();
+        let card = decode(FormatChoice::Auto, bits).unwrap();
+        let rec =
+            SwipeRecord::from_event(&spec(), &ReaderEvent::Card(card), 1_700_000_000_123, true);
+        assert_eq!(rec.event_type, EventType::Card);
+        assert_eq!(rec.credential.as_deref(), Some("H10301:123:4567"));
+        assert_eq!(rec.format.as_deref(), Some("H10301"));
+        assert_eq!(rec.facility_code, Some(123));
+        assert_eq!(rec.card_number, Some(4567));
+        assert_eq!(rec.raw_bits.as_deref(), Some("02f623ae"));
+        assert_eq!(rec.bit_count, Some(26));
+        assert_eq!(rec.detail, None);
+        assert_eq!(rec.zone_id.as_deref(), Some("z1"));
+        assert_eq!(rec.direction, Some(Direction::In));
+        assert_eq!(rec.agent_version, AGENT_VERSION);
+        let line = String::from_utf8(rec.to_json_line("gw", 7)).unwrap();
+        assert!(line.contains("\"event_id\":\"gw:7\""), "{line}");
+    }
+
+    #[test]
+    fn fault_event_has_a_reason_and_no_credential() {
+        // H10301 frame with a flipped parity bit.
+        let bits = Bits::from_bit_str("00111101100010001110101110").unwrap();
+        let fault = ReaderEvent::from(decode(FormatChoice::Auto, bits).unwrap_err());
+        let rec = SwipeRecord::from_event(&spec(), &fault, 0, false);
+        assert_eq!(rec.event_type, EventType::ReaderFault);
+        assert_eq!(rec.credential, None);
+        assert!(rec.detail.as_deref().unwrap().contains("parity"), "{rec:?}");
+        assert!(!rec.clock_synced);
+    }
+
+    #[test]
+    fn pin_event_keeps_only_the_length() {
+        let pin = reader_protocol::wiegand::Pin::from_digits(&[1, 2, 3, 4]).unwrap();
+        let rec = SwipeRecord::from_event(&spec(), &ReaderEvent::Pin(pin), 0, true);
+        assert_eq!(rec.event_type, EventType::Pin);
+        assert_eq!(rec.detail.as_deref(), Some("pin_length=4"));
+        let line = String::from_utf8(rec.to_json_line("gw", 1)).unwrap();
+        assert!(
+            !line.contains("1234"),
+            "the PIN must not leave the gateway: {line}"
+        );
+    }
+
+    #[test]
+    fn reader_status_has_the_readers_place_and_no_credential() {
+        let rec =
+            SwipeRecord::reader_status(&spec(), EventType::Tamper, "cover open".into(), 9, true);
+        let line = String::from_utf8(rec.to_json_line("gw", 3)).unwrap();
+        let expected = format!(
+            r#"{{"gateway_id":"gw","seq":3,"event_id":"gw:3","reader_id":"lobby","zone_id":"z1","door_id":"d1","direction":"in","event_type":"tamper","credential":null,"format":null,"facility_code":null,"card_number":null,"raw_bits":null,"bit_count":null,"detail":"cover open","swiped_at":"1970-01-01T00:00:00.009Z","clock_synced":true,"agent_version":"{AGENT_VERSION}"}}"#
+        );
+        assert_eq!(line.trim_end(), expected);
+    }
+
+    /// The row's `event_type` of a decoded event is the name reader-protocol gives it.
+    #[test]
+    fn event_types_of_reader_events_agree_with_reader_protocol() {
+        let card = decode(
+            FormatChoice::Auto,
+            Bits::from_bit_str("10111101100010001110101110").unwrap(),
+        )
+        .unwrap();
+        let pin = reader_protocol::wiegand::Pin::from_digits(&[1, 2]).unwrap();
+        let fault = ReaderEvent::from(
+            decode(
+                FormatChoice::Auto,
+                Bits::from_bit_str("00111101100010001110101110").unwrap(),
+            )
+            .unwrap_err(),
+        );
+        for event in [ReaderEvent::Card(card), ReaderEvent::Pin(pin), fault] {
+            assert_eq!(EventType::from(&event).as_str(), event.event_type());
         }
     }
 

@@ -10,9 +10,11 @@
 //!
 //! * Wiegand: kernel edge events → [`wiegand::WiegandAssembler`] (glitch filter, end-of-frame
 //!   silence, sequence gaps, both-lines-low, > 128 bits) → [`wiegand::WiegandDecoder`] (per-reader
-//!   format, keypad bursts and PINs) → [`ReaderEvent`].
+//!   format, keypad bursts and PINs) → [`ReaderEvent`]; [`wiegand::WiegandPipeline`] is the two
+//!   in one value, so a shell only maps its edges and runs one timer.
 //! * Serial: byte chunks → a [`serial::Framer`] ([`serial::Em4100Framer`], [`serial::LineReader`],
-//!   or [`serial::SerialDecoder`] for either) → [`Credential`] or [`serial::SerialError`].
+//!   or [`serial::SerialDecoder`] for either, built from a [`serial::SerialFraming`]) →
+//!   [`Credential`] or [`serial::SerialError`].
 //! * Then [`dedup::Dedup`] (one per reader) drops repeats of a card held on the reader.
 //!
 //! # Supported Wiegand formats
@@ -69,7 +71,8 @@
 //!
 //! `std` (default; implies `alloc`), `alloc` (nothing needs it yet), `hal` (drive the assembler
 //! from `embedded-hal` 1.0 input pins on a microcontroller: [`wiegand::hal::HalWiegand`]),
-//! `serde` (serialise events), `osdp` (an OSDP control panel: [`osdp::ControlPanel`], needs an
+//! `serde` (serialise events; deserialise the reader settings an operator writes in a
+//! configuration file: [`serial::SerialFraming`], [`serial::Terminator`], [`serial::Radix`]), `osdp` (an OSDP control panel: [`osdp::ControlPanel`], needs an
 //! allocator).
 #![cfg_attr(not(any(feature = "std", test)), no_std)]
 

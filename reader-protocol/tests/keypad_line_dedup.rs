@@ -4,7 +4,7 @@
 
 use reader_protocol::serial::{
     Em4100Framer, Em4100Id, Framer, LineConfig, LineReader, Radix, SerialDecoder, SerialError,
-    Terminator,
+    SerialFraming, Terminator,
 };
 use reader_protocol::wiegand::{
     decode_key, decode_pin26_bcd, decode_pin26_binary, encode_key, Format, FormatChoice, Key,
@@ -437,4 +437,76 @@ fn events_serialise_with_row_field_names() {
     assert_eq!(v["event_type"], "reader_fault");
     assert_eq!(v["kind"], "serial");
     assert!(v["detail"].as_str().unwrap().contains("checksum"));
+}
+
+/// RDM6300 frame of a 10-hex-digit id: STX, the id, its XOR checksum in hex, ETX.
+fn rdm6300_frame(id: &str) -> Vec<u8> {
+    let checksum = (0..5)
+        .map(|i| u8::from_str_radix(&id[2 * i..2 * i + 2], 16).unwrap())
+        .fold(0, |a, b| a ^ b);
+    let mut frame = vec![0x02];
+    frame.extend(format!("{id}{checksum:02X}").bytes());
+    frame.push(0x03);
+    frame
+}
+
+#[test]
+fn each_framing_builds_its_decoder() {
+    let mut rdm = SerialDecoder::new(SerialFraming::Rdm6300, LineConfig::default());
+    let out: Vec<_> = rdm.feed(&rdm6300_frame("0A00123456"), 0).collect();
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(
+        out[0].as_ref().unwrap().canonical().to_string(),
+        "EM4100:0a00123456"
+    );
+
+    // ID-12 accepts only its own 16-byte frames.
+    let mut id12 = SerialDecoder::new(SerialFraming::Id12, LineConfig::default());
+    let out: Vec<_> = id12.feed(&rdm6300_frame("0A00123456"), 0).collect();
+    assert!(
+        out.iter()
+            .all(|r| matches!(r, Err(SerialError::UnexpectedFraming { .. }))),
+        "{out:?}"
+    );
+
+    let line = LineConfig {
+        terminator: Terminator::CrLf,
+        radix: Radix::Decimal,
+        ..LineConfig::default()
+    };
+    let mut dec = SerialDecoder::new(SerialFraming::Line, line);
+    let out: Vec<_> = dec.feed(b"0013530444\r\n", 0).collect();
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(
+        out[0].as_ref().unwrap().canonical().to_string(),
+        "DEC:13530444"
+    );
+}
+
+#[cfg(feature = "serde")]
+#[test]
+fn serial_settings_deserialise_from_their_operator_names() {
+    let framing: SerialFraming = serde_json::from_str("\"id12\"").unwrap();
+    assert_eq!(framing, SerialFraming::Id12);
+    let terminators: Vec<Terminator> =
+        serde_json::from_str(r#"["cr", "lf", "crlf", "etx"]"#).unwrap();
+    assert_eq!(
+        terminators,
+        [
+            Terminator::Cr,
+            Terminator::Lf,
+            Terminator::CrLf,
+            Terminator::Etx
+        ]
+    );
+    let radix: Radix = serde_json::from_str("\"decimal\"").unwrap();
+    assert_eq!(radix, Radix::Decimal);
+    // `Byte` is for programs, not configuration files; the error lists what may be written.
+    let err = serde_json::from_str::<Terminator>(r#"{"byte": 3}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("expected one of `cr`, `lf`, `crlf`, `etx`"),
+        "{err}"
+    );
 }

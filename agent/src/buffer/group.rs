@@ -745,23 +745,7 @@ impl Shell {
 }
 
 fn placeholder() -> SwipeRecord {
-    SwipeRecord {
-        event_type: crate::row::EventType::Card,
-        reader_id: String::new(),
-        zone_id: None,
-        door_id: None,
-        direction: None,
-        credential: None,
-        format: None,
-        facility_code: None,
-        card_number: None,
-        raw_bits: None,
-        bit_count: None,
-        detail: None,
-        swiped_at_ms: 0,
-        clock_synced: false,
-        agent_version: String::new(),
-    }
+    SwipeRecord::status(crate::row::EventType::Card, "", None, 0, false, "")
 }
 
 impl GroupCommitter {

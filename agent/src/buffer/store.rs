@@ -79,8 +79,10 @@ pub const META_SEQ_CONFIRMED: &[u8] = b"seq_confirmed";
 /// Records removed per sled batch when deleting (0.34 has no range delete).
 const DELETE_CHUNK: usize = 512;
 
-/// What happens when the buffer reaches its size limit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// What happens when the buffer reaches its size limit (`buffer.full_policy`: `refuse_new` or
+/// `drop_oldest`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum FullPolicy {
     /// Keep every buffered swipe; refuse new ones (counted as `refused{reason="buffer_full"}`)
     /// until the drain makes room. Default: for access-control data losing history silently is
@@ -143,10 +145,7 @@ impl BufferOptions {
         o.cache_capacity = cfg.cache_bytes;
         o.min_free_bytes = cfg.min_free_bytes;
         o.probation = Probation::from_current_exe();
-        o.full_policy = match cfg.full_policy {
-            crate::config::FullPolicy::RefuseNew => FullPolicy::RefuseNew,
-            crate::config::FullPolicy::DropOldest => FullPolicy::DropOldest,
-        };
+        o.full_policy = cfg.full_policy;
         o
     }
 }
@@ -1243,16 +1242,18 @@ impl Buffer {
         merge_pass(&self.c, &self.maint, &mut cursor)
     }
 
-    /// Test/diagnostic hook: overwrite the stored legacy value of `seq` with raw bytes.
-    #[doc(hidden)]
-    pub fn put_raw_for_test(&self, seq: u64, raw: &[u8]) -> Result<(), BufferError> {
+    /// Test hook (not in the agent binary): overwrite the stored legacy value of `seq` with raw
+    /// bytes.
+    #[cfg(test)]
+    pub(crate) fn put_raw_for_test(&self, seq: u64, raw: &[u8]) -> Result<(), BufferError> {
         self.q.insert(seq.to_be_bytes(), raw)?;
         Ok(())
     }
 
-    /// Test/diagnostic hook: overwrite the stored chunk at key `first` with raw bytes.
-    #[doc(hidden)]
-    pub fn put_raw_chunk_for_test(&self, first: u64, raw: &[u8]) -> Result<(), BufferError> {
+    /// Test hook (not in the agent binary): overwrite the stored chunk at key `first` with raw
+    /// bytes.
+    #[cfg(test)]
+    pub(crate) fn put_raw_chunk_for_test(&self, first: u64, raw: &[u8]) -> Result<(), BufferError> {
         self.c.insert(first.to_be_bytes(), raw)?;
         Ok(())
     }

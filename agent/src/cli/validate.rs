@@ -26,21 +26,18 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
     println!("  health:     http://{}/status", config.health.listen);
     for reader in &readers {
         let what = match &reader.source {
-            ReaderSource::Serial {
-                device,
-                baud,
-                framing,
-                ..
-            } => format!("serial {} @ {baud} baud, {framing:?}", device.display()),
-            ReaderSource::Wiegand {
-                chip,
-                d0,
-                d1,
-                format,
-                ..
-            } => format!(
-                "wiegand {} D0={d0} D1={d1}, format {format}",
-                chip.display()
+            ReaderSource::Serial(s) => format!(
+                "serial {} @ {} baud, {:?}",
+                s.device.display(),
+                s.baud,
+                s.framing
+            ),
+            ReaderSource::Wiegand(w) => format!(
+                "wiegand {} D0={} D1={}, format {}",
+                w.chip.display(),
+                w.d0,
+                w.d1,
+                w.format
             ),
             ReaderSource::Osdp(o) => format!(
                 "osdp {} @ {} baud, address {}, {}, format {}",
@@ -54,8 +51,8 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
                 },
                 o.format
             ),
-            ReaderSource::Simulated { rate_per_sec, .. } => {
-                format!("simulated, {rate_per_sec} swipes/s")
+            ReaderSource::Simulated(script) => {
+                format!("simulated, {} swipes/s", script.rate_per_sec)
             }
         };
         println!("  reader {}: {what}", reader.id);

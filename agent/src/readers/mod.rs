@@ -26,8 +26,8 @@ use crate::config::{ReaderSource, ReaderSpec};
 use crate::health::{Health, Heartbeat};
 use crate::row::{EventType, SwipeRecord};
 
-/// The agent version written into every row.
-pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The agent version written into every row (defined with the row schema).
+pub use crate::row::AGENT_VERSION;
 
 /// How often an idle reader loop turns anyway, so its heartbeat shows it is alive.
 const IDLE_TICK: Duration = Duration::from_secs(1);
@@ -46,9 +46,9 @@ pub fn spawn(
     shutdown: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     let kind = match spec.source {
-        ReaderSource::Serial { .. } => "serial",
-        ReaderSource::Wiegand { .. } => "wiegand",
-        ReaderSource::Simulated { .. } => "simulated",
+        ReaderSource::Serial(_) => "serial",
+        ReaderSource::Wiegand(_) => "wiegand",
+        ReaderSource::Simulated(_) => "simulated",
         ReaderSource::Osdp(_) => "osdp",
     };
     health.update_reader(&spec.id, |r| r.kind = kind.to_owned());
@@ -118,77 +118,9 @@ async fn supervise(
 fn start(spec: &ReaderSpec, emitter: Emitter, shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
     match spec.source.clone() {
         ReaderSource::Osdp(settings) => tokio::spawn(osdp::run(emitter, settings, shutdown)),
-        ReaderSource::Serial {
-            device,
-            baud,
-            framing,
-            line,
-        } => tokio::spawn(serial::run(emitter, device, baud, framing, line, shutdown)),
-        ReaderSource::Wiegand {
-            chip,
-            d0,
-            d1,
-            format,
-            keypad,
-            frame_timeout,
-        } => tokio::spawn(wiegand::run(
-            emitter,
-            wiegand::WiegandLines {
-                chip,
-                d0,
-                d1,
-                format,
-                keypad,
-                frame_timeout,
-            },
-            shutdown,
-        )),
-        ReaderSource::Simulated {
-            rate_per_sec,
-            count,
-            facility,
-            population,
-        } => tokio::spawn(simulated::run(
-            emitter,
-            simulated::Script {
-                rate_per_sec,
-                count,
-                facility,
-                population,
-            },
-            shutdown,
-        )),
-    }
-}
-
-/// Builds the durable record of a decoded event.
-pub fn record_from_event(
-    spec: &ReaderSpec,
-    event: &ReaderEvent,
-    swiped_at_ms: i64,
-    clock_synced: bool,
-) -> SwipeRecord {
-    let credential = event.credential();
-    SwipeRecord {
-        event_type: match event {
-            ReaderEvent::Card(_) => EventType::Card,
-            ReaderEvent::Pin(_) => EventType::Pin,
-            ReaderEvent::Fault(_) => EventType::ReaderFault,
-        },
-        reader_id: spec.id.clone(),
-        zone_id: spec.zone.clone(),
-        door_id: spec.door.clone(),
-        direction: spec.direction,
-        credential: credential.map(|c| c.canonical().to_string()),
-        format: credential.map(|c| c.format_name().to_owned()),
-        facility_code: credential.and_then(|c| c.facility_code()).map(u64::from),
-        card_number: credential.and_then(|c| c.card_number()),
-        raw_bits: credential.map(|c| c.raw_bits_hex().to_string()),
-        bit_count: credential.map(|c| u32::from(c.bit_count())),
-        detail: event.detail().map(|d| d.to_string()),
-        swiped_at_ms,
-        clock_synced,
-        agent_version: AGENT_VERSION.to_owned(),
+        ReaderSource::Serial(settings) => tokio::spawn(serial::run(emitter, settings, shutdown)),
+        ReaderSource::Wiegand(settings) => tokio::spawn(wiegand::run(emitter, settings, shutdown)),
+        ReaderSource::Simulated(script) => tokio::spawn(simulated::run(emitter, script, shutdown)),
     }
 }
 
@@ -212,8 +144,8 @@ impl Emitter {
         heartbeat: Heartbeat,
     ) -> Self {
         let source = match spec.source {
-            ReaderSource::Wiegand { .. } => Source::Wiegand,
-            ReaderSource::Serial { .. } | ReaderSource::Simulated { .. } => Source::Serial,
+            ReaderSource::Wiegand(_) => Source::Wiegand,
+            ReaderSource::Serial(_) | ReaderSource::Simulated(_) => Source::Serial,
             ReaderSource::Osdp(_) => Source::Osdp,
         };
         let rearm_ns = u64::try_from(spec.dedup_window.as_nanos()).unwrap_or(u64::MAX);
@@ -290,7 +222,7 @@ impl Emitter {
             }
             self.last_fault_row_ns = Some(mono_ns);
         }
-        let record = record_from_event(
+        let record = SwipeRecord::from_event(
             &self.spec,
             &event,
             clock::now_unix_ms(),
@@ -300,7 +232,7 @@ impl Emitter {
             health: Arc::clone(&self.health),
             reader: self.spec.id.clone(),
             counts_as_swipe: matches!(event, ReaderEvent::Card(_) | ReaderEvent::Pin(_)),
-            event_type: event.event_type(),
+            event_type: record.event_type,
             swiped_at_ms: record.swiped_at_ms,
             credential: record.credential.clone(),
         };
@@ -335,7 +267,7 @@ struct AckReport {
     health: Arc<Health>,
     reader: String,
     counts_as_swipe: bool,
-    event_type: &'static str,
+    event_type: EventType,
     swiped_at_ms: i64,
     credential: Option<String>,
 }
@@ -360,7 +292,7 @@ impl AckReport {
                 tracing::debug!(
                     reader = %self.reader,
                     seq,
-                    event_type = self.event_type,
+                    event_type = self.event_type.as_str(),
                     credential = self.credential.as_deref().unwrap_or("-"),
                     "swipe durable"
                 );
@@ -383,28 +315,18 @@ impl Emitter {
     /// `detail` says what happened. Not deduplicated or rate-limited — callers report changes.
     pub async fn emit_status(&mut self, event_type: EventType, detail: String) -> Option<u64> {
         self.beat();
-        let record = SwipeRecord {
+        let record = SwipeRecord::reader_status(
+            &self.spec,
             event_type,
-            reader_id: self.spec.id.clone(),
-            zone_id: self.spec.zone.clone(),
-            door_id: self.spec.door.clone(),
-            direction: self.spec.direction,
-            credential: None,
-            format: None,
-            facility_code: None,
-            card_number: None,
-            raw_bits: None,
-            bit_count: None,
-            detail: Some(detail),
-            swiped_at_ms: clock::now_unix_ms(),
-            clock_synced: clock::clock_synced(),
-            agent_version: AGENT_VERSION.to_owned(),
-        };
+            detail,
+            clock::now_unix_ms(),
+            clock::clock_synced(),
+        );
         let report = AckReport {
             health: Arc::clone(&self.health),
             reader: self.spec.id.clone(),
             counts_as_swipe: false,
-            event_type: event_type.as_str(),
+            event_type,
             swiped_at_ms: record.swiped_at_ms,
             credential: None,
         };
@@ -484,8 +406,6 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::config::Direction;
-    use reader_protocol::wiegand::{decode, FormatChoice};
-    use reader_protocol::Bits;
 
     fn spec() -> ReaderSpec {
         ReaderSpec {
@@ -494,58 +414,13 @@ mod tests {
             door: Some("d1".into()),
             direction: Some(Direction::In),
             dedup_window: Duration::from_millis(1500),
-            source: ReaderSource::Simulated {
+            source: ReaderSource::Simulated(simulated::Script {
                 rate_per_sec: 1.0,
                 count: None,
                 facility: 1,
                 population: 1,
-            },
+            }),
         }
-    }
-
-    #[test]
-    fn card_event_fills_every_credential_field() {
-        let bits = Bits::from_bit_str("10111101100010001110101110").unwrap();
-        let card = decode(FormatChoice::Auto, bits).unwrap();
-        let rec = record_from_event(&spec(), &ReaderEvent::Card(card), 1_700_000_000_123, true);
-        assert_eq!(rec.event_type, EventType::Card);
-        assert_eq!(rec.credential.as_deref(), Some("H10301:123:4567"));
-        assert_eq!(rec.format.as_deref(), Some("H10301"));
-        assert_eq!(rec.facility_code, Some(123));
-        assert_eq!(rec.card_number, Some(4567));
-        assert_eq!(rec.raw_bits.as_deref(), Some("02f623ae"));
-        assert_eq!(rec.bit_count, Some(26));
-        assert_eq!(rec.detail, None);
-        assert_eq!(rec.zone_id.as_deref(), Some("z1"));
-        assert_eq!(rec.direction, Some(Direction::In));
-        assert_eq!(rec.agent_version, AGENT_VERSION);
-        let line = String::from_utf8(rec.to_json_line("gw", 7)).unwrap();
-        assert!(line.contains("\"event_id\":\"gw:7\""), "{line}");
-    }
-
-    #[test]
-    fn fault_event_has_a_reason_and_no_credential() {
-        // H10301 frame with a flipped parity bit.
-        let bits = Bits::from_bit_str("00111101100010001110101110").unwrap();
-        let fault = ReaderEvent::from(decode(FormatChoice::Auto, bits).unwrap_err());
-        let rec = record_from_event(&spec(), &fault, 0, false);
-        assert_eq!(rec.event_type, EventType::ReaderFault);
-        assert_eq!(rec.credential, None);
-        assert!(rec.detail.as_deref().unwrap().contains("parity"), "{rec:?}");
-        assert!(!rec.clock_synced);
-    }
-
-    #[test]
-    fn pin_event_keeps_only_the_length() {
-        let pin = reader_protocol::wiegand::Pin::from_digits(&[1, 2, 3, 4]).unwrap();
-        let rec = record_from_event(&spec(), &ReaderEvent::Pin(pin), 0, true);
-        assert_eq!(rec.event_type, EventType::Pin);
-        assert_eq!(rec.detail.as_deref(), Some("pin_length=4"));
-        let line = String::from_utf8(rec.to_json_line("gw", 1)).unwrap();
-        assert!(
-            !line.contains("1234"),
-            "the PIN must not leave the gateway: {line}"
-        );
     }
 
     #[tokio::test]
@@ -562,12 +437,12 @@ mod tests {
         health.set_ready(true);
         let mut doomed = spec();
         // What `validate` now refuses: the simulated reader's period overflows a Duration.
-        doomed.source = ReaderSource::Simulated {
+        doomed.source = ReaderSource::Simulated(simulated::Script {
             rate_per_sec: 1e-300,
             count: None,
             facility: 1,
             population: 1,
-        };
+        });
         let (stop_tx, stop_rx) = watch::channel(false);
         let task = spawn(doomed, Arc::clone(&health), committer, stop_rx);
         // First death at once, the restart after 0.5 s dies again.

@@ -15,7 +15,7 @@ use reader_protocol::osdp::{
     BusTiming, ControlPanel, CpEvent, Feedback, LinkState, LinkStats, PdSettings, SecureFault,
     Security,
 };
-use reader_protocol::wiegand::{decode, PinCollector, PinConfig};
+use reader_protocol::wiegand::{decode, FormatChoice, PinCollector, PinConfig};
 use reader_protocol::{Bits, CardFields, CardFormat, Credential, ReaderEvent};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
@@ -23,8 +23,35 @@ use tokio_serial::SerialPortBuilderExt;
 
 use super::{Emitter, IDLE_TICK};
 use crate::clock;
-use crate::config::OsdpSettings;
 use crate::row::EventType;
+
+/// A validated OSDP reader: its bus (shared with the other readers on the same device) and its
+/// own address, key, card format and feedback.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OsdpSettings {
+    /// RS-485 adapter.
+    pub device: PathBuf,
+    /// Baud rate of the bus.
+    pub baud: u32,
+    /// Address on the bus.
+    pub address: u8,
+    /// Bus poll interval.
+    pub poll_interval: Duration,
+    /// Bus reply timeout.
+    pub reply_timeout: Duration,
+    /// Bus off-line threshold.
+    pub offline_after: Duration,
+    /// Secure-channel key file (None: plain text).
+    pub key_file: Option<PathBuf>,
+    /// Provision the key on a reader still on the install key.
+    pub install_mode: bool,
+    /// Card format of `osdp_RAW` bits.
+    pub format: FormatChoice,
+    /// LED flash after a durable swipe.
+    pub feedback_led: bool,
+    /// Beep after a durable swipe.
+    pub feedback_beep: bool,
+}
 
 /// What the bus tells a reader task.
 #[derive(Debug)]

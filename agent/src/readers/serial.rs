@@ -8,10 +8,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use reader_protocol::serial::{
-    Em4100Framer, Em4100Framing, Framer, LineConfig, LineReader, Radix, SerialDecoder, SerialError,
-    Terminator,
-};
+use reader_protocol::serial::{Framer, LineConfig, SerialDecoder, SerialError, SerialFraming};
 use reader_protocol::ReaderEvent;
 use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
@@ -19,30 +16,18 @@ use tokio_serial::SerialPortBuilderExt;
 
 use super::{Emitter, Reconnect, IDLE_TICK};
 use crate::clock;
-use crate::config::{LineRadix, LineSettings, LineTerminator, SerialFraming};
 
-/// The decoder of a configured framing.
-pub fn decoder(framing: SerialFraming, line: LineSettings) -> SerialDecoder {
-    match framing {
-        SerialFraming::Rdm6300 => SerialDecoder::Em4100(Em4100Framer::new(Em4100Framing::Rdm6300)),
-        SerialFraming::Id12 => SerialDecoder::Em4100(Em4100Framer::new(Em4100Framing::Id12)),
-        SerialFraming::Line => SerialDecoder::Line(LineReader::new(LineConfig {
-            terminator: match line.terminator {
-                LineTerminator::Cr => Terminator::Cr,
-                LineTerminator::Lf => Terminator::Lf,
-                LineTerminator::Crlf => Terminator::CrLf,
-                LineTerminator::Etx => Terminator::Etx,
-            },
-            stx: line.stx,
-            radix: match line.radix {
-                LineRadix::Hex => Radix::Hex,
-                LineRadix::Decimal => Radix::Decimal,
-            },
-            max_len: u16::try_from(line.max_len).unwrap_or(u16::MAX),
-            inter_byte_timeout_ns: Some(u64::try_from(line.timeout.as_nanos()).unwrap_or(u64::MAX)),
-            ..LineConfig::default()
-        })),
-    }
+/// A validated serial reader: where it is attached and how its bytes are framed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SerialSettings {
+    /// Device path.
+    pub device: PathBuf,
+    /// Baud rate.
+    pub baud: u32,
+    /// Framing.
+    pub framing: SerialFraming,
+    /// Line framing settings (used when `framing` is `Line`).
+    pub line: LineConfig,
 }
 
 /// Noise before the first frame is normal (a module powered up mid-frame); it is counted but
@@ -54,12 +39,15 @@ fn is_noise(err: &SerialError) -> bool {
 /// Runs one serial reader until shutdown.
 pub async fn run(
     mut emitter: Emitter,
-    device: PathBuf,
-    baud: u32,
-    framing: SerialFraming,
-    line: LineSettings,
+    settings: SerialSettings,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let SerialSettings {
+        device,
+        baud,
+        framing,
+        line,
+    } = settings;
     let mut reconnect = Reconnect::new();
     while !*shutdown.borrow() {
         emitter.beat();
@@ -84,7 +72,7 @@ pub async fn run(
         tracing::info!(reader = emitter.reader_id(), device = %device.display(), baud, "serial reader connected");
         reconnect.connected(&emitter);
         // A fresh decoder per connection: a frame cut by the unplug must not merge with the next.
-        let mut decoder = decoder(framing, line);
+        let mut decoder = SerialDecoder::new(framing, line);
         let mut buf = [0_u8; 256];
         loop {
             emitter.beat();
@@ -173,32 +161,8 @@ mod tests {
     }
 
     #[test]
-    fn configured_framings_decode_their_frames() {
-        let mut rdm = decoder(SerialFraming::Rdm6300, LineSettings::default());
-        let out: Vec<_> = rdm.feed(&rdm6300("0A00123456"), 0).collect();
-        assert_eq!(out.len(), 1);
-        assert_eq!(
-            out[0].as_ref().unwrap().canonical().to_string(),
-            "EM4100:0a00123456"
-        );
-
-        let settings = LineSettings {
-            terminator: LineTerminator::Crlf,
-            radix: LineRadix::Decimal,
-            ..LineSettings::default()
-        };
-        let mut line = decoder(SerialFraming::Line, settings);
-        let out: Vec<_> = line.feed(b"0013530444\r\n", 0).collect();
-        assert_eq!(out.len(), 1);
-        assert_eq!(
-            out[0].as_ref().unwrap().canonical().to_string(),
-            "DEC:13530444"
-        );
-    }
-
-    #[test]
     fn junk_is_noise_but_checksum_errors_are_faults() {
-        let mut rdm = decoder(SerialFraming::Rdm6300, LineSettings::default());
+        let mut rdm = SerialDecoder::new(SerialFraming::Rdm6300, LineConfig::default());
         let mut frame = rdm6300("0A00123456");
         frame[11] = b'0';
         frame[12] = b'0';

@@ -2,18 +2,18 @@
 //!
 //! D0 and D1 are requested together (one kernel queue, one sequence number across both lines),
 //! both edges, no kernel debounce, a 256-event kernel buffer, monotonic kernel timestamps
-//! (`docs/reader-formats.md`). The edges feed the sans-IO [`WiegandAssembler`]; the shell only adds
-//! the end-of-frame timer. Never poll the pins from user space: pulses last 20–100 µs.
+//! (`docs/reader-formats.md`). The edges feed the sans-IO [`WiegandPipeline`] (assembler and
+//! decoder); the shell only maps kernel events onto its edges and runs its timer. Never poll the
+//! pins from user space: pulses last 20–100 µs.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use gpiocdev::line::{EdgeDetection, EdgeEvent};
 use reader_protocol::wiegand::{
-    AssemblerConfig, Edge, EdgeKind, EdgeMode, FormatChoice, KeypadConfig, Line, WiegandAssembler,
-    WiegandDecoder, WiegandReaderConfig,
+    AssemblerConfig, Edge, EdgeKind, EdgeMode, FormatChoice, KeypadConfig, Line, WiegandPipeline,
+    WiegandReaderConfig,
 };
-use reader_protocol::ReaderEvent;
 use tokio::sync::watch;
 
 use super::{Emitter, Reconnect, IDLE_TICK};
@@ -22,9 +22,9 @@ use crate::clock;
 /// Kernel edge-event buffer: more than the 2 × 37 edges of the longest common card.
 const KERNEL_EVENT_BUFFER: u32 = 256;
 
-/// Where and how a Wiegand reader is wired.
-#[derive(Debug, Clone)]
-pub struct WiegandLines {
+/// A validated Wiegand reader: where it is wired and how its frames are read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WiegandSettings {
     /// GPIO character device.
     pub chip: PathBuf,
     /// Line offset of D0.
@@ -39,33 +39,25 @@ pub struct WiegandLines {
     pub frame_timeout: Duration,
 }
 
-/// Assembler plus decoder of one reader: kernel edges in, events out. Pure.
-#[derive(Debug)]
-pub struct WiegandPipeline {
-    d0: u32,
-    assembler: WiegandAssembler,
-    decoder: WiegandDecoder,
-}
-
-impl WiegandPipeline {
-    /// A pipeline for the given wiring.
-    pub fn new(lines: &WiegandLines) -> Self {
-        let eof_ns = u64::try_from(lines.frame_timeout.as_nanos()).unwrap_or(u64::MAX);
-        Self {
-            d0: lines.d0,
-            assembler: WiegandAssembler::new(AssemblerConfig {
+impl WiegandSettings {
+    /// The sans-IO pipeline of this reader. Kernel events carry both edges, so the assembler
+    /// sees both (and can tell both lines low).
+    pub fn pipeline(&self) -> WiegandPipeline {
+        let eof_ns = u64::try_from(self.frame_timeout.as_nanos()).unwrap_or(u64::MAX);
+        WiegandPipeline::new(
+            AssemblerConfig {
                 eof_ns,
                 edges: EdgeMode::Both,
                 ..AssemblerConfig::default()
-            }),
-            decoder: WiegandDecoder::new(WiegandReaderConfig {
-                format: lines.format,
-                keypad: lines.keypad.then(KeypadConfig::default),
-            }),
-        }
+            },
+            WiegandReaderConfig {
+                format: self.format,
+                keypad: self.keypad.then(KeypadConfig::default),
+            },
+        )
     }
 
-    /// Maps a kernel edge event onto the assembler's edge.
+    /// Maps a kernel edge event of this reader's lines onto the pipeline's edge.
     pub fn edge(&self, event: &EdgeEvent) -> Edge {
         let line = if event.offset == self.d0 {
             Line::D0
@@ -83,37 +75,9 @@ impl WiegandPipeline {
             seqno: event.seqno,
         }
     }
-
-    /// Feeds one edge.
-    pub fn push(&mut self, edge: Edge) -> Option<ReaderEvent> {
-        let frame = self.assembler.push(edge)?;
-        self.decoder.handle(frame)
-    }
-
-    /// When [`expire`](Self::expire) has something to do.
-    pub fn deadline(&self) -> Option<u64> {
-        match (self.assembler.poll_timeout(), self.decoder.poll_timeout()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
-    }
-
-    /// Ends a frame after the silence, and a PIN entry after its inter-key timeout.
-    pub fn expire(&mut self, now_ns: u64) -> Vec<ReaderEvent> {
-        let mut events = Vec::new();
-        if self.assembler.poll_timeout().is_some_and(|t| t <= now_ns) {
-            if let Some(frame) = self.assembler.flush(now_ns) {
-                events.extend(self.decoder.handle(frame));
-            }
-        }
-        if self.decoder.poll_timeout().is_some_and(|t| t <= now_ns) {
-            events.extend(self.decoder.flush(now_ns));
-        }
-        events
-    }
 }
 
-fn request(lines: &WiegandLines) -> gpiocdev::Result<gpiocdev::Request> {
+fn request(lines: &WiegandSettings) -> gpiocdev::Result<gpiocdev::Request> {
     gpiocdev::Request::builder()
         .on_chip(&lines.chip)
         .with_consumer("badge-agent")
@@ -125,7 +89,11 @@ fn request(lines: &WiegandLines) -> gpiocdev::Result<gpiocdev::Request> {
 }
 
 /// Runs one Wiegand reader until shutdown.
-pub async fn run(mut emitter: Emitter, lines: WiegandLines, mut shutdown: watch::Receiver<bool>) {
+pub async fn run(
+    mut emitter: Emitter,
+    lines: WiegandSettings,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut reconnect = Reconnect::new();
     while !*shutdown.borrow() {
         emitter.beat();
@@ -146,7 +114,7 @@ pub async fn run(mut emitter: Emitter, lines: WiegandLines, mut shutdown: watch:
         };
         tracing::info!(reader = emitter.reader_id(), chip = %lines.chip.display(), d0 = lines.d0, d1 = lines.d1, "wiegand reader connected");
         reconnect.connected(&emitter);
-        let mut pipeline = WiegandPipeline::new(&lines);
+        let mut pipeline = lines.pipeline();
         loop {
             emitter.beat();
             let wait = pipeline
@@ -167,7 +135,7 @@ pub async fn run(mut emitter: Emitter, lines: WiegandLines, mut shutdown: watch:
                     }
                 }
                 Ok(Ok(edge)) => {
-                    let edge = pipeline.edge(&edge);
+                    let edge = lines.edge(&edge);
                     if let Some(out) = pipeline.push(edge) {
                         emitter.emit(out, edge.timestamp_ns).await;
                     }
@@ -194,8 +162,8 @@ mod tests {
     use super::*;
     use gpiocdev::line::EdgeKind as GpioEdge;
 
-    fn lines(keypad: bool) -> WiegandLines {
-        WiegandLines {
+    fn lines(keypad: bool) -> WiegandSettings {
+        WiegandSettings {
             chip: PathBuf::from("/dev/gpiochip0"),
             d0: 17,
             d1: 27,
@@ -227,17 +195,18 @@ mod tests {
 
     #[test]
     fn kernel_edges_become_a_card_after_the_silence() {
-        let mut pipeline = WiegandPipeline::new(&lines(false));
+        let settings = lines(false);
+        let mut pipeline = settings.pipeline();
         let mut seq = 0;
         let events = kernel_events("10111101100010001110101110", 1_000_000_000, &mut seq);
         for e in &events {
-            assert!(pipeline.push(pipeline.edge(e)).is_none());
+            assert!(pipeline.push(settings.edge(e)).is_none());
         }
         let last = events.last().unwrap().timestamp_ns;
         let deadline = pipeline.deadline().unwrap();
         assert_eq!(deadline, last + 30_000_000);
-        assert!(pipeline.expire(deadline - 1).is_empty());
-        let out = pipeline.expire(deadline);
+        assert_eq!(pipeline.expire(deadline - 1).count(), 0);
+        let out: Vec<_> = pipeline.expire(deadline).collect();
         assert_eq!(out.len(), 1);
         assert_eq!(
             out[0].credential().unwrap().canonical().to_string(),
@@ -247,21 +216,23 @@ mod tests {
 
     #[test]
     fn a_lost_kernel_event_discards_the_frame() {
-        let mut pipeline = WiegandPipeline::new(&lines(false));
+        let settings = lines(false);
+        let mut pipeline = settings.pipeline();
         let mut seq = 0;
         let mut events = kernel_events("10111101100010001110101110", 0, &mut seq);
         events.remove(10);
         for e in &events {
-            let _ = pipeline.push(pipeline.edge(e));
+            let _ = pipeline.push(settings.edge(e));
         }
-        let out = pipeline.expire(u64::MAX / 2);
+        let out: Vec<_> = pipeline.expire(u64::MAX / 2).collect();
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].event_type(), "reader_fault", "{out:?}");
     }
 
     #[test]
     fn keypad_bursts_become_a_pin() {
-        let mut pipeline = WiegandPipeline::new(&lines(true));
+        let settings = lines(true);
+        let mut pipeline = settings.pipeline();
         let mut seq = 0;
         let mut t = 0;
         let mut got = Vec::new();
@@ -270,7 +241,7 @@ mod tests {
             let byte = ((!key & 0xF) << 4) | key;
             let bits = format!("{byte:08b}");
             for e in kernel_events(&bits, t, &mut seq) {
-                got.extend(pipeline.push(pipeline.edge(&e)));
+                got.extend(pipeline.push(settings.edge(&e)));
             }
             t += 300_000_000;
             got.extend(pipeline.expire(t - 200_000_000));

@@ -77,23 +77,14 @@ pub fn heartbeat_record(
         "readers": states,
         "readers_down": down,
     });
-    SwipeRecord {
-        event_type: EventType::Heartbeat,
-        reader_id: HEARTBEAT_READER_ID.to_owned(),
-        zone_id: None,
-        door_id: None,
-        direction: None,
-        credential: None,
-        format: None,
-        facility_code: None,
-        card_number: None,
-        raw_bits: None,
-        bit_count: None,
-        detail: Some(detail.to_string()),
-        swiped_at_ms: now_ms,
+    SwipeRecord::status(
+        EventType::Heartbeat,
+        HEARTBEAT_READER_ID,
+        Some(detail.to_string()),
+        now_ms,
         clock_synced,
-        agent_version: agent_version.to_owned(),
-    }
+        agent_version,
+    )
 }
 
 /// Sends a heartbeat every `interval` until `stop` turns true. Skips (and counts) when the
@@ -132,7 +123,7 @@ pub async fn run(
             crate::clock::now_unix_ms(),
             crate::clock::clock_synced(),
             skipped,
-            crate::readers::AGENT_VERSION,
+            crate::row::AGENT_VERSION,
         );
         let (waiter, pending) = Waiter::new();
         match committer.try_send((rec, waiter)) {

@@ -135,7 +135,7 @@ impl ClientConfig {
         cfg.proxy = c.proxy.clone();
         cfg.timeouts.overall = Duration::from_secs(c.request_timeout_secs.max(1));
         cfg.timeouts.connect = cfg.timeouts.connect.min(cfg.timeouts.overall);
-        cfg.compression = c.compression.into();
+        cfg.compression = c.compression;
         cfg
     }
 }

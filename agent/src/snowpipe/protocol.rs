@@ -209,26 +209,19 @@ impl Default for RequestMeta {
     }
 }
 
-/// Body encoding of an append (`Content-Encoding`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Body encoding of an append (`Content-Encoding`); also the operator's `snowflake.compression`
+/// setting, read from the file as `zstd`, `gzip` or `none`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ContentEncoding {
     /// `Content-Encoding: zstd` (the official client's default).
+    #[default]
     Zstd,
     /// `Content-Encoding: gzip`.
     Gzip,
-    /// No header, identity body.
+    /// No header, identity body (debugging).
+    #[serde(rename = "none")]
     Identity,
-}
-
-/// The one mapping from the operator's `compression` setting to the wire encoding.
-impl From<crate::config::Compression> for ContentEncoding {
-    fn from(c: crate::config::Compression) -> Self {
-        match c {
-            crate::config::Compression::Zstd => ContentEncoding::Zstd,
-            crate::config::Compression::Gzip => ContentEncoding::Gzip,
-            crate::config::Compression::None => ContentEncoding::Identity,
-        }
-    }
 }
 
 impl ContentEncoding {

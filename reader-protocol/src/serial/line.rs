@@ -14,8 +14,10 @@ use crate::wiegand::{decode, FormatChoice, WiegandError};
 /// Longest line the reader buffers.
 pub const MAX_LINE: usize = 64;
 
-/// What ends a line.
+/// What ends a line. With the `serde` feature it deserialises from `cr`, `lf`, `crlf` or `etx`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
 pub enum Terminator {
     /// Carriage return (a following LF is ignored as an empty line).
     #[default]
@@ -23,10 +25,12 @@ pub enum Terminator {
     /// Line feed (a preceding CR is stripped).
     Lf,
     /// CR LF: the line ends on LF, the CR is stripped.
+    #[cfg_attr(feature = "serde", serde(rename = "crlf"))]
     CrLf,
     /// ETX 0x03.
     Etx,
-    /// Any other byte.
+    /// Any other byte (programmatic only: not a configuration value).
+    #[cfg_attr(feature = "serde", serde(skip_deserializing))]
     Byte(u8),
 }
 
@@ -43,7 +47,7 @@ impl Terminator {
 
 /// Digits of a line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
 pub enum Radix {
     /// ASCII hex (either case).

@@ -187,6 +187,20 @@ impl<F: Framer> Drop for Feed<'_, F> {
     }
 }
 
+/// The framing of a serial reader, as an operator names it (`rdm6300`, `id12`, `line`):
+/// [`SerialDecoder::new`] builds its decoder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+pub enum SerialFraming {
+    /// RDM6300 and EM4100 modules (14-byte ASCII or 13-byte binary checksum frames).
+    Rdm6300,
+    /// ID Innovations ID-12LA / ID-20LA (16 bytes with CR LF).
+    Id12,
+    /// A configurable line reader ([`LineConfig`]) for converters and ASCII readers.
+    Line,
+}
+
 /// Any serial framer, yielding credentials: what the agent instantiates per configured reader.
 #[derive(Debug, Clone)]
 pub enum SerialDecoder {
@@ -194,6 +208,19 @@ pub enum SerialDecoder {
     Em4100(Em4100Framer),
     /// Line-oriented converters and ASCII readers.
     Line(LineReader),
+}
+
+impl SerialDecoder {
+    /// The decoder of a framing; `line` is used by [`SerialFraming::Line`] only.
+    pub fn new(framing: SerialFraming, line: LineConfig) -> Self {
+        match framing {
+            SerialFraming::Rdm6300 => {
+                SerialDecoder::Em4100(Em4100Framer::new(Em4100Framing::Rdm6300))
+            }
+            SerialFraming::Id12 => SerialDecoder::Em4100(Em4100Framer::new(Em4100Framing::Id12)),
+            SerialFraming::Line => SerialDecoder::Line(LineReader::new(line)),
+        }
+    }
 }
 
 impl Framer for SerialDecoder {

@@ -1,5 +1,6 @@
-//! Wiegand: the format table, frame decoding, the edge assembler, keypads, and
-//! [`WiegandDecoder`], which turns assembled frames of one reader into [`ReaderEvent`]s.
+//! Wiegand: the format table, frame decoding, the edge assembler, keypads,
+//! [`WiegandDecoder`], which turns assembled frames of one reader into [`ReaderEvent`]s, and
+//! [`WiegandPipeline`], assembler and decoder together (edges in, events out).
 
 pub mod assembler;
 pub mod decode;
@@ -7,6 +8,7 @@ pub mod format;
 #[cfg(feature = "hal")]
 pub mod hal;
 pub mod keypad;
+pub mod pipeline;
 
 pub use assembler::{
     AssemblerConfig, AssemblerStats, Edge, EdgeKind, EdgeMode, FrameError, FrameResult, Line,
@@ -20,6 +22,7 @@ pub use keypad::{
     decode_key, decode_pin26_bcd, decode_pin26_binary, encode_key, Key, KeyMap, KeypadError, Pin,
     Pin26, PinCollector, PinConfig,
 };
+pub use pipeline::WiegandPipeline;
 
 use crate::bits::Bits;
 use crate::event::ReaderEvent;
