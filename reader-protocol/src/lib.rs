@@ -69,14 +69,14 @@
 //!
 //! # Features
 //!
-//! `std` (default; implies `alloc`), `alloc` (nothing needs it yet), `hal` (drive the assembler
-//! from `embedded-hal` 1.0 input pins on a microcontroller: [`wiegand::hal::HalWiegand`]),
-//! `serde` (serialise events; deserialise the reader settings an operator writes in a
-//! configuration file: [`serial::SerialFraming`], [`serial::Terminator`], [`serial::Radix`]), `osdp` (an OSDP control panel: [`osdp::ControlPanel`], needs an
-//! allocator).
+//! `std` (default; implies `alloc`), `alloc` (an allocator is available; only `osdp` needs one),
+//! `hal` (drive the assembler from `embedded-hal` 1.0 input pins on a microcontroller:
+//! `wiegand::hal::HalWiegand`), `serde` (serialise events; deserialise the reader settings an
+//! operator writes in a configuration file: [`serial::SerialFraming`], [`serial::Terminator`],
+//! [`serial::Radix`]), `osdp` (an OSDP control panel: [`osdp::ControlPanel`]; implies `alloc`).
 #![cfg_attr(not(any(feature = "std", test)), no_std)]
 
-#[cfg(feature = "alloc")]
+#[cfg(feature = "osdp")]
 extern crate alloc;
 
 pub mod bits;

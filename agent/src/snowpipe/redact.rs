@@ -1,4 +1,4 @@
-//! Text that must not leak or mislead: [`Secret`] (tokens, never printed) and [`sanitize`]
+//! Text that must not leak or mislead: [`Secret`] (tokens, never printed) and `sanitize`
 //! (server-provided text, shortened and defanged before it reaches an error message). Pure, so
 //! that the sans-IO protocol module can use both without depending on key-file I/O.
 

@@ -1,7 +1,7 @@
 //! OSDP control panel (CP / ACU) for readers on an RS-485 bus — sans-IO.
 //!
 //! The wire layer (framing, CRC, typed command and reply payloads, the Annex D secure channel over
-//! AES-128) is the pure-Rust [`osdp`](::osdp) crate. This module adds what that crate leaves to the
+//! AES-128) is the pure-Rust `osdp` crate. This module adds what that crate leaves to the
 //! application, without I/O or a clock:
 //!
 //! * [`ControlPanel`]: one bus, several PDs by address, one outstanding command at a time; the
@@ -16,7 +16,7 @@
 //! * [`describe_packet`]: a technician's view of one captured packet (hex from a bus sniffer).
 //!
 //! Card bits from `osdp_RAW` are exactly the Wiegand frame, so [`CpEvent::Card`] carries [`Bits`]
-//! for the Wiegand format table ([`crate::wiegand::decode`]).
+//! for the Wiegand format table ([`crate::wiegand::decode()`]).
 
 mod cp;
 mod describe;
