@@ -54,12 +54,12 @@ use reader_protocol::serial::{LineConfig, Radix, SerialFraming, Terminator};
 use reader_protocol::wiegand::FormatChoice;
 use serde::Deserialize;
 
-pub use crate::buffer::FullPolicy;
+use crate::buffer::FullPolicy;
 use crate::readers::osdp::OsdpSettings;
 use crate::readers::serial::SerialSettings;
 use crate::readers::simulated::Script;
 use crate::readers::wiegand::WiegandSettings;
-pub use crate::row::Direction;
+use crate::row::Direction;
 use crate::snowpipe::ContentEncoding;
 
 /// Where the service looks for its configuration unless told otherwise.

@@ -26,9 +26,6 @@ use crate::config::{ReaderSource, ReaderSpec};
 use crate::health::{Health, Heartbeat};
 use crate::row::{EventType, SwipeRecord};
 
-/// The agent version written into every row (defined with the row schema).
-pub use crate::row::AGENT_VERSION;
-
 /// How often an idle reader loop turns anyway, so its heartbeat shows it is alive.
 const IDLE_TICK: Duration = Duration::from_secs(1);
 
@@ -405,7 +402,7 @@ impl Reconnect {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::config::Direction;
+    use crate::row::Direction;
 
     fn spec() -> ReaderSpec {
         ReaderSpec {

@@ -89,11 +89,7 @@ impl CommitObserver for CommitMetrics {
 
 /// The health state a service run reports into (callers keep a handle to watch progress).
 pub fn new_health(config: &Config) -> Arc<Health> {
-    Health::new(
-        &config.gateway_id,
-        crate::readers::AGENT_VERSION,
-        BUILD_COMMIT,
-    )
+    Health::new(&config.gateway_id, crate::row::AGENT_VERSION, BUILD_COMMIT)
 }
 
 /// Runs the agent until `shutdown` resolves.
@@ -185,7 +181,7 @@ pub async fn run(
 
     health.set_ready(true);
     watchdog::notify_ready("reading badges");
-    tracing::info!(gateway = %config.gateway_id, version = crate::readers::AGENT_VERSION, "badge agent running");
+    tracing::info!(gateway = %config.gateway_id, version = crate::row::AGENT_VERSION, "badge agent running");
     let watchdog_task = watchdog::watchdog_interval()
         .map(|interval| tokio::spawn(watchdog::run(Arc::clone(&health), interval)));
 
