@@ -193,6 +193,8 @@ pub async fn run(
     // time is up was never acknowledged, so giving up on it loses no acknowledged swipe.
     tracing::info!("shutting down");
     watchdog::notify_stopping();
+    // First, so that it cannot report the agent ready again while it stops.
+    stats_task.abort();
     health.set_ready(false);
     drain_stop.stop();
     let _ = stop_tx.send(true);
@@ -204,7 +206,6 @@ pub async fn run(
         }
     }
     drop(committer);
-    stats_task.abort();
     if tokio::time::timeout_at(deadline, committer_task)
         .await
         .is_err()
