@@ -116,25 +116,36 @@ fn main() -> anyhow::Result<()> {
     let idle_mb = idle?;
 
     println!("\n== figures (README table; machine as above)");
-    let sizes: Vec<String> = drained.iter().map(|d| millions(d.n)).collect();
-    let rss: Vec<String> = drained
-        .iter()
-        .map(|d| format!("{:.1}", d.peak_rss_mb))
-        .collect();
-    println!(
-        "agent peak RSS draining {} backlog: {} MB",
-        sizes.join(" / "),
-        rss.join(" / ")
-    );
-    println!("idle RSS, 4 readers: {idle_mb:.1} MB");
-    if let Some(big) = drained.iter().max_by_key(|d| d.n) {
+    // One line per README row, each figure once: the smaller backlogs' drain RSS, then the
+    // largest backlog's drain RSS with its open time and RSS.
+    let (big, rest) = match drained.iter().max_by_key(|d| d.n) {
+        Some(big) => (Some(big), drained.iter().filter(|d| d.n != big.n).collect()),
+        None => (None, Vec::new()),
+    };
+    if !rest.is_empty() {
+        let sizes: Vec<String> = rest.iter().map(|d| millions(d.n)).collect();
+        let rss: Vec<String> = rest
+            .iter()
+            .map(|d| format!("{:.1}", d.peak_rss_mb))
+            .collect();
         println!(
-            "opening a {}-swipe buffer: {:.2} s, {:.1} MB",
-            millions(big.n),
-            big.open.as_secs_f64(),
-            big.open_rss_mb
+            "agent peak RSS draining {} backlog: {} MB",
+            sizes.join(" / "),
+            rss.join(" / ")
         );
     }
+    if let Some(big) = big {
+        println!(
+            "agent peak RSS draining {0} backlog: {1:.1} MB; opening a {0}-swipe buffer: {2:.2} s, {3:.1} MB; drained in {4:.1} s ({5:.0} rows/s)",
+            millions(big.n),
+            big.peak_rss_mb,
+            big.open.as_secs_f64(),
+            big.open_rss_mb,
+            big.committed.as_secs_f64(),
+            big.n as f64 / big.committed.as_secs_f64(),
+        );
+    }
+    println!("idle RSS, 4 readers: {idle_mb:.1} MB");
     let per_swipe = drained
         .iter()
         .find(|d| d.n == 1_000_000)

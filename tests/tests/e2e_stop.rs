@@ -1,6 +1,7 @@
 //! SIGTERM ends the agent within 5 s, exit code 0, in every state the upload side can be in
-//! (retry back-off, 409 wait, a hanging token exchange, a TLS connect that never answers), and
-//! a restart then delivers every acknowledged swipe exactly once.
+//! (retry back-off, 409 wait, a hanging token exchange, a TLS connect that never answers) and
+//! with the group commit's retry queue full (the buffer's filesystem full), and a restart then
+//! delivers every acknowledged swipe exactly once.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeSet;
@@ -10,6 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use badge_tests::faults::{use_buffer, Tmpfs};
 use badge_tests::harness::{kill9, terminate, Rig, GATEWAY};
 use snowpipe_emulator::{FaultAction, FaultRule, Op};
 
@@ -19,8 +21,13 @@ const SWIPES: usize = 40;
 const STOP_WITHIN: Duration = Duration::from_secs(5);
 
 fn rig() -> Rig {
+    rig_with(SWIPES)
+}
+
+/// A rig whose simulated reader presents `swipes` swipes per agent run, 200 a second.
+fn rig_with(swipes: usize) -> Rig {
     let readers = format!(
-        "[[reader]]\nid = \"sim\"\nkind = \"simulated\"\nrate_per_sec = 200.0\ncount = {SWIPES}\npopulation = 50000\n"
+        "[[reader]]\nid = \"sim\"\nkind = \"simulated\"\nrate_per_sec = 200.0\ncount = {swipes}\npopulation = 50000\n"
     );
     Rig::new(
         env!("CARGO_BIN_EXE_badge-agent-e2e"),
@@ -36,9 +43,14 @@ fn durable(rig: &Rig) -> usize {
 
 /// Starts the agent and waits until this run's swipes are acknowledged.
 fn start(rig: &Rig, acknowledged_before: usize) -> Child {
+    start_with(rig, acknowledged_before, SWIPES)
+}
+
+/// Starts the agent and waits until `swipes` more swipes are acknowledged.
+fn start_with(rig: &Rig, acknowledged_before: usize, swipes: usize) -> Child {
     let agent = rig.start_agent().unwrap();
     rig.wait_for("the swipes to be acknowledged", || {
-        durable(rig) >= acknowledged_before + SWIPES
+        durable(rig) >= acknowledged_before + swipes
     });
     agent
 }
@@ -74,9 +86,15 @@ fn stop_promptly(rig: &Rig, agent: &mut Child, state: &str) {
 
 /// Restarts the agent without faults and checks every acknowledged swipe lands exactly once.
 fn restart_and_check(rig: &Rig) {
+    restart_and_check_with(rig, SWIPES);
+}
+
+/// [`restart_and_check`] for a reader presenting `swipes` swipes per run: waits until all of
+/// them are acknowledged, so nothing is acknowledged after the ledger check starts.
+fn restart_and_check_with(rig: &Rig, swipes: usize) {
     rig.emulator.set_faults(Default::default());
     let before = durable(rig);
-    let mut agent = start(rig, before);
+    let mut agent = start_with(rig, before, swipes);
     let acknowledged = durable(rig);
     rig.wait_for("every acknowledged swipe to be committed", || {
         rig.emulator.ledger(GATEWAY).len() >= acknowledged
@@ -177,4 +195,39 @@ fn stop_during_a_tls_connect_that_never_answers() {
     stop_promptly(&rig, &mut agent, "slow TLS connect");
     std::fs::write(&rig.config, good).unwrap();
     restart_and_check(&rig);
+}
+
+#[test]
+fn stop_with_the_group_commit_retry_queue_full() {
+    // The buffer lives on a small tmpfs that another writer fills below the agent's reserve:
+    // every group commit fails, the swipes wait in the retry queue (20 at most here) and,
+    // the reader presenting 200 a second, the queue is full and overflows when SIGTERM comes.
+    const PER_RUN: usize = 2000;
+    const MIB: u64 = 1024 * 1024;
+    let rig = rig_with(PER_RUN);
+    let fs = Tmpfs::mount(&rig.dir.path().join("small"), 48 * MIB).unwrap();
+    use_buffer(
+        &rig,
+        &fs.dir.join("buffer"),
+        "min_free_bytes = 16777216\nmax_bytes = 33554432\nretry_queue_max_records = 20\n",
+    )
+    .unwrap();
+    let mut agent = start_with(&rig, 0, SWIPES);
+    let ballast = fs.dir.join("ballast");
+    let fill = fs.available().unwrap().saturating_sub(8 * MIB);
+    std::fs::write(&ballast, vec![0u8; usize::try_from(fill).unwrap()]).unwrap();
+    rig.wait_for("the retry queue to overflow", || {
+        rig.agent_log()
+            .contains("commits are failing and the retry queue is full")
+    });
+    std::thread::sleep(Duration::from_millis(500)); // the reader keeps it full meanwhile
+    assert!(
+        agent.try_wait().unwrap().is_none(),
+        "the agent ended before SIGTERM:\n{}",
+        rig.agent_log()
+    );
+    stop_promptly(&rig, &mut agent, "full group-commit retry queue");
+    std::fs::remove_file(&ballast).unwrap();
+    restart_and_check_with(&rig, PER_RUN);
+    drop(fs);
 }
