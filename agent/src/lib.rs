@@ -14,6 +14,7 @@ pub mod drain;
 pub mod health;
 pub mod readers;
 pub mod row;
+pub mod secret_file;
 pub mod service;
 pub mod snowpipe;
 pub mod update;

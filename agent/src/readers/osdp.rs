@@ -118,26 +118,11 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Reads an SCBK file: 32 hex digits (whitespace ignored), refused unless only its owner can
-/// read it. The key never appears in an error or a log.
+/// Reads an SCBK file: 32 hex digits (whitespace ignored), under the agent's rule for secret
+/// files. The key never appears in an error or a log.
 pub fn load_key(path: &Path) -> Result<[u8; 16], String> {
-    let meta = std::fs::metadata(path)
-        .map_err(|e| format!("cannot read key_file {}: {e}", path.display()))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(format!(
-                "permissions {mode:04o} of key_file {} let group/others read the reader key; refusing it. \
-                 Fix: `chmod 600 {}` (owned by the agent's user)",
-                path.display(),
-                path.display()
-            ));
-        }
-    }
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read key_file {}: {e}", path.display()))?;
+    let text = crate::secret_file::read_secret_file(path)
+        .map_err(|e| format!("key_file {}: {e}", path.display()))?;
     parse_key(&text).ok_or_else(|| {
         format!(
             "key_file {} does not hold 32 hex digits (a 16-byte AES key); \
