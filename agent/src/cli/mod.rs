@@ -125,13 +125,47 @@ fn secret_safe_targets() -> tracing_subscriber::filter::Targets {
     )
 }
 
-/// Sets up `tracing`: journald under systemd, readable lines otherwise; `RUST_LOG` filters,
-/// except that HTTP internals never log below [`SILENCED_TARGETS`].
+/// The user's filter from `RUST_LOG`: comma-separated `target=level`, bare `level` (the default
+/// for every other target) or bare `target` (all its levels), e.g. `info,badge_agent::drain=debug`.
+/// A target matches itself and everything under it (`ureq` also matches `ureq_proto`). Unset or
+/// empty means `info`; a value that does not parse (an unknown level, two `=`) is reported on
+/// stderr and `info` is used. `EnvFilter`'s span and field filters (`target[span{field}]=level`)
+/// are not supported.
+///
+/// A `filter::Targets` rather than an `EnvFilter`: the latter's regex engine was ~0.3 MB of the
+/// release binary for directives nobody sets on a gateway.
+fn rust_log_filter(value: Option<&str>) -> tracing_subscriber::filter::Targets {
+    use tracing::level_filters::LevelFilter;
+    use tracing_subscriber::filter::Targets;
+
+    let default = || Targets::new().with_default(LevelFilter::INFO);
+    let Some(value) = value.map(str::trim).filter(|v| !v.is_empty()) else {
+        return default();
+    };
+    // `Targets` would read an empty item (`info,`) as a target named "": skip those.
+    let items: Vec<&str> = value
+        .split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .collect();
+    match items.join(",").parse::<Targets>() {
+        Ok(targets) => targets,
+        Err(err) => {
+            eprintln!(
+                "RUST_LOG={value:?} ignored ({err}); it takes comma-separated `target=level`, \
+                 `level` or `target` items. Logging at info"
+            );
+            default()
+        }
+    }
+}
+
+/// Sets up `tracing`: journald under systemd, readable lines otherwise; `RUST_LOG` filters
+/// ([`rust_log_filter`]), except that HTTP internals never log below [`SILENCED_TARGETS`].
 fn init_logging(target: LogTarget) {
     use tracing_subscriber::prelude::*;
-    use tracing_subscriber::EnvFilter;
 
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = rust_log_filter(std::env::var("RUST_LOG").ok().as_deref());
     // systemd sets JOURNAL_STREAM when stdout/stderr go to the journal.
     let want_journald = match target {
         LogTarget::Journald => true,
@@ -184,6 +218,40 @@ mod tests {
     }
 
     #[test]
+    fn rust_log_directives_keep_working() {
+        use tracing::level_filters::LevelFilter;
+        use tracing::Level;
+        let at = |value: Option<&str>, target: &str, level: Level| {
+            rust_log_filter(value).would_enable(target, &level)
+        };
+        // Unset, empty or unparsable: info.
+        for value in [
+            None,
+            Some(""),
+            Some("  "),
+            Some("drain=loud"),
+            Some("a=b=c"),
+        ] {
+            assert!(at(value, "badge_agent::drain", Level::INFO), "{value:?}");
+            assert!(!at(value, "badge_agent::drain", Level::DEBUG), "{value:?}");
+        }
+        // A bare level is the default; target=level refines it, for the target's children too.
+        let value = Some("warn, badge_agent::drain=trace,,tokio=off");
+        assert!(at(value, "badge_agent::drain::batch", Level::TRACE));
+        assert!(at(value, "badge_agent::buffer", Level::WARN));
+        assert!(!at(value, "badge_agent::buffer", Level::INFO));
+        assert!(!at(value, "tokio::runtime", Level::ERROR));
+        // A bare target enables all its levels; upper case levels are fine.
+        assert!(at(Some("badge_agent"), "badge_agent::x", Level::TRACE));
+        assert!(!at(Some("badge_agent"), "sled", Level::ERROR));
+        assert!(at(Some("DEBUG"), "sled", Level::DEBUG));
+        assert_eq!(
+            rust_log_filter(Some("error")).default_level(),
+            Some(LevelFilter::ERROR)
+        );
+    }
+
+    #[test]
     fn no_rust_log_setting_lets_http_internals_dump_headers() {
         for user_filter in [
             "trace",
@@ -194,7 +262,7 @@ mod tests {
             let out = Captured::default();
             let writer = out.clone();
             let subscriber = tracing_subscriber::registry()
-                .with(tracing_subscriber::EnvFilter::new(user_filter))
+                .with(rust_log_filter(Some(user_filter)))
                 .with(secret_safe_targets())
                 .with(
                     tracing_subscriber::fmt::layer()

@@ -68,7 +68,7 @@ impl KeyPair {
     /// Builds the pair from an in-memory private key.
     pub fn from_private_key(private: &RsaPrivateKey) -> Result<Self, String> {
         let public = private.to_public_key();
-        // jsonwebtoken's rust_crypto signer takes PKCS#1 DER.
+        // The signer (`jwt_crypto`) takes PKCS#1 DER, as jsonwebtoken's own backends do.
         let pkcs1 = private
             .to_pkcs1_der()
             .map_err(|e| format!("cannot encode the key for signing: {e}"))?;
@@ -93,9 +93,158 @@ impl KeyPair {
 
     /// Signs `claims` as an RS256 JWT (header `{"typ":"JWT","alg":"RS256"}`, no `kid`).
     pub fn sign(&self, claims: &JwtClaims) -> Result<Secret, String> {
+        jwt_crypto::install();
         jsonwebtoken::encode(&Header::new(Algorithm::RS256), claims, &self.encoding)
             .map(Secret::new)
             .map_err(|e| format!("cannot sign the key-pair JWT: {e}"))
+    }
+}
+
+/// jsonwebtoken's crypto backend, on the `rsa` crate the agent has anyway: RS256 (the key-pair
+/// JWT) and HS256. jsonwebtoken's own `rust_crypto` backend would also link P-256, P-384, ECDSA
+/// and Ed25519 (~0.3 MB of the release binary) for algorithms the agent never uses.
+///
+/// A process has one backend, the first one installed. Where the Snowpipe emulator runs in the
+/// same process (`badge-agent demo`, tests, benches) it has `rust_crypto` enabled and may come
+/// first; where this one comes first it serves the emulator too, hence RS256 verification and
+/// HS256 (the emulator's scoped tokens). Other algorithms are refused.
+pub(crate) mod jwt_crypto {
+    use jsonwebtoken::crypto::{CryptoProvider, JwtSigner, JwtVerifier, KeyUtils};
+    use jsonwebtoken::errors::{ErrorKind, Result};
+    use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, DecodingKeyKind, EncodingKey};
+    use rsa::pkcs1::{DecodeRsaPrivateKey, DecodeRsaPublicKey};
+    use rsa::signature::{self, RandomizedSigner, SignatureEncoding, Signer, Verifier};
+    use rsa::{BigUint, Pkcs1v15Sign, RsaPrivateKey, RsaPublicKey};
+    use sha2::{Digest, Sha256};
+
+    /// The backend; [`install`] makes it the process default.
+    pub(crate) static PROVIDER: CryptoProvider = CryptoProvider {
+        signer_factory,
+        verifier_factory,
+        // JWK support (thumbprints, keys from JWK sets) is not used.
+        key_utils: KeyUtils::new_unimplemented(),
+    };
+
+    /// Makes [`PROVIDER`] the process default unless a backend is already installed (that one
+    /// signs RS256 identically: PKCS#1 v1.5 signatures are deterministic).
+    pub(crate) fn install() {
+        let _ = PROVIDER.install_default();
+    }
+
+    fn signer_factory(alg: &Algorithm, key: &EncodingKey) -> Result<Box<dyn JwtSigner>> {
+        match (alg, key.family()) {
+            (Algorithm::RS256, AlgorithmFamily::Rsa) => {
+                let private = RsaPrivateKey::from_pkcs1_der(key.as_bytes())
+                    .map_err(|e| ErrorKind::InvalidRsaKey(e.to_string()))?;
+                Ok(Box::new(Rs256Signer(rsa::pkcs1v15::SigningKey::new(
+                    private,
+                ))))
+            }
+            (Algorithm::HS256, AlgorithmFamily::Hmac) => {
+                Ok(Box::new(Hs256(hmac_key(key.as_bytes()))))
+            }
+            (Algorithm::RS256 | Algorithm::HS256, _) => Err(ErrorKind::InvalidKeyFormat.into()),
+            _ => Err(ErrorKind::InvalidAlgorithm.into()),
+        }
+    }
+
+    fn verifier_factory(alg: &Algorithm, key: &DecodingKey) -> Result<Box<dyn JwtVerifier>> {
+        match (alg, key.family()) {
+            // The key is read when verifying, as jsonwebtoken's backends do: a bad key makes the
+            // signature invalid rather than the call an error.
+            (Algorithm::RS256, AlgorithmFamily::Rsa) => Ok(Box::new(Rs256Verifier(key.clone()))),
+            (Algorithm::HS256, AlgorithmFamily::Hmac) => {
+                Ok(Box::new(Hs256(hmac_key(key.try_get_as_bytes()?))))
+            }
+            (Algorithm::RS256 | Algorithm::HS256, _) => Err(ErrorKind::InvalidKeyFormat.into()),
+            _ => Err(ErrorKind::InvalidAlgorithm.into()),
+        }
+    }
+
+    struct Rs256Signer(rsa::pkcs1v15::SigningKey<Sha256>);
+
+    impl Signer<Vec<u8>> for Rs256Signer {
+        fn try_sign(&self, msg: &[u8]) -> std::result::Result<Vec<u8>, signature::Error> {
+            // With an RNG the private-key operation is blinded (against timing attacks); the
+            // signature is the same as without.
+            let mut rng = rsa::rand_core::OsRng;
+            Ok(self.0.try_sign_with_rng(&mut rng, msg)?.to_vec())
+        }
+    }
+
+    impl JwtSigner for Rs256Signer {
+        fn algorithm(&self) -> Algorithm {
+            Algorithm::RS256
+        }
+    }
+
+    struct Rs256Verifier(DecodingKey);
+
+    impl Verifier<Vec<u8>> for Rs256Verifier {
+        fn verify(
+            &self,
+            msg: &[u8],
+            signature: &Vec<u8>,
+        ) -> std::result::Result<(), signature::Error> {
+            let public = match self.0.kind() {
+                DecodingKeyKind::SecretOrDer(der) => {
+                    RsaPublicKey::from_pkcs1_der(der).map_err(signature::Error::from_source)?
+                }
+                DecodingKeyKind::RsaModulusExponent { n, e } => {
+                    RsaPublicKey::new(BigUint::from_bytes_be(n), BigUint::from_bytes_be(e))
+                        .map_err(signature::Error::from_source)?
+                }
+            };
+            public
+                .verify(
+                    Pkcs1v15Sign::new::<Sha256>(),
+                    &Sha256::digest(msg),
+                    signature,
+                )
+                .map_err(signature::Error::from_source)
+        }
+    }
+
+    impl JwtVerifier for Rs256Verifier {
+        fn algorithm(&self) -> Algorithm {
+            Algorithm::RS256
+        }
+    }
+
+    fn hmac_key(secret: &[u8]) -> ring::hmac::Key {
+        ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret)
+    }
+
+    /// HMAC-SHA256 from `ring`, which rustls links anyway.
+    struct Hs256(ring::hmac::Key);
+
+    impl Signer<Vec<u8>> for Hs256 {
+        fn try_sign(&self, msg: &[u8]) -> std::result::Result<Vec<u8>, signature::Error> {
+            Ok(ring::hmac::sign(&self.0, msg).as_ref().to_vec())
+        }
+    }
+
+    impl Verifier<Vec<u8>> for Hs256 {
+        fn verify(
+            &self,
+            msg: &[u8],
+            signature: &Vec<u8>,
+        ) -> std::result::Result<(), signature::Error> {
+            // Constant-time comparison.
+            ring::hmac::verify(&self.0, msg, signature).map_err(|_| signature::Error::new())
+        }
+    }
+
+    impl JwtSigner for Hs256 {
+        fn algorithm(&self) -> Algorithm {
+            Algorithm::HS256
+        }
+    }
+
+    impl JwtVerifier for Hs256 {
+        fn algorithm(&self) -> Algorithm {
+            Algorithm::HS256
+        }
     }
 }
 
@@ -553,11 +702,7 @@ pub(crate) mod tests {
 
         let jwt = keys.sign(&claims).unwrap();
         // Verify with the public key, as Snowflake does.
-        let der = keys.public_key().to_public_key_der().unwrap();
-        let pem = der
-            .to_pem("PUBLIC KEY", rsa::pkcs8::LineEnding::LF)
-            .unwrap();
-        let dk = jsonwebtoken::DecodingKey::from_rsa_pem(pem.as_bytes()).unwrap();
+        let dk = decoding_key(keys.public_key());
         let mut v = jsonwebtoken::Validation::new(Algorithm::RS256);
         v.validate_exp = false;
         v.required_spec_claims.clear();
@@ -574,6 +719,130 @@ pub(crate) mod tests {
         assert!(json.get("scp").is_none(), "{json}");
         assert!(format!("{jwt:?}") == "[redacted]");
         assert!(!format!("{keys:?}").contains("BEGIN"));
+    }
+
+    fn decoding_key(public: &RsaPublicKey) -> jsonwebtoken::DecodingKey {
+        use rsa::traits::PublicKeyParts;
+        jsonwebtoken::DecodingKey::from_rsa_raw_components(
+            &public.n().to_bytes_be(),
+            &public.e().to_bytes_be(),
+        )
+    }
+
+    /// `openssl dgst -sha256 -sign` (RSASSA-PKCS1-v1_5 with SHA-256, i.e. RS256) of `input`,
+    /// base64url without padding as in a JWT.
+    fn openssl_rs256(key_path: &Path, input: &str) -> String {
+        use std::io::Write;
+        let mut child = Command::new(openssl())
+            .args(["dgst", "-sha256", "-sign"])
+            .arg(key_path)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "openssl dgst failed: {out:?}");
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(out.stdout)
+    }
+
+    #[test]
+    fn jwt_signature_is_openssls_rs256() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_key(dir.path(), 0o600);
+        let keys = load_private_key(&path).unwrap();
+        let claims = jwt_claims(
+            "myorg-myacct",
+            "u",
+            Some("R"),
+            keys.fingerprint(),
+            1_800_000_000,
+        );
+        // The whole JWT, through whichever backend this test process installed first.
+        let jwt = keys.sign(&claims).unwrap();
+        let (input, sig) = jwt.expose().rsplit_once('.').unwrap();
+        assert_eq!(sig, openssl_rs256(&path, input));
+        assert!(input.starts_with(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(r#"{"typ":"JWT","alg":"RS256"}"#)
+        ));
+
+        // The agent's own backend, called directly.
+        let signer =
+            (jwt_crypto::PROVIDER.signer_factory)(&Algorithm::RS256, &keys.encoding).unwrap();
+        let ours = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(signer.try_sign(input.as_bytes()).unwrap());
+        assert_eq!(ours, sig);
+        let verifier = (jwt_crypto::PROVIDER.verifier_factory)(
+            &Algorithm::RS256,
+            &decoding_key(keys.public_key()),
+        )
+        .unwrap();
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(sig)
+            .unwrap();
+        assert!(verifier.verify(input.as_bytes(), &raw).is_ok());
+        assert!(verifier.verify(b"tampered", &raw).is_err());
+        // A malformed key fails verification, not the call.
+        let bad = jsonwebtoken::DecodingKey::from_rsa_der(b"not a key");
+        let verifier = (jwt_crypto::PROVIDER.verifier_factory)(&Algorithm::RS256, &bad).unwrap();
+        assert!(verifier.verify(input.as_bytes(), &raw).is_err());
+    }
+
+    #[test]
+    fn jwt_backend_hs256_and_refusals() {
+        use jsonwebtoken::{DecodingKey, EncodingKey};
+        // RFC 4231, test case 2.
+        let key = EncodingKey::from_secret(b"Jefe");
+        let signer = (jwt_crypto::PROVIDER.signer_factory)(&Algorithm::HS256, &key).unwrap();
+        let tag = signer.try_sign(b"what do ya want for nothing?").unwrap();
+        let hex: String = tag.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            hex,
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        let verifier = (jwt_crypto::PROVIDER.verifier_factory)(
+            &Algorithm::HS256,
+            &DecodingKey::from_secret(b"Jefe"),
+        )
+        .unwrap();
+        assert!(verifier
+            .verify(b"what do ya want for nothing?", &tag)
+            .is_ok());
+        assert!(verifier
+            .verify(b"what do ya want for nothing!", &tag)
+            .is_err());
+
+        // Algorithms the agent has no backend for, and keys of the wrong family.
+        for alg in [
+            Algorithm::ES256,
+            Algorithm::EdDSA,
+            Algorithm::RS512,
+            Algorithm::PS256,
+        ] {
+            let err = (jwt_crypto::PROVIDER.signer_factory)(&alg, &key)
+                .err()
+                .unwrap();
+            assert!(
+                matches!(
+                    err.kind(),
+                    jsonwebtoken::errors::ErrorKind::InvalidAlgorithm
+                ),
+                "{alg:?}: {err}"
+            );
+        }
+        let err = (jwt_crypto::PROVIDER.signer_factory)(&Algorithm::RS256, &key)
+            .err()
+            .unwrap();
+        assert!(matches!(
+            err.kind(),
+            jsonwebtoken::errors::ErrorKind::InvalidKeyFormat
+        ));
     }
 
     #[test]
