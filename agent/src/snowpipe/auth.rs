@@ -276,19 +276,14 @@ pub fn parse_private_key_pem(pem: &str) -> Result<RsaPrivateKey, String> {
     })
 }
 
-/// Loads the PKCS#8 PEM private key at `path`, refusing a file that group or others can read or
-/// write (a leaked key lets anyone write into the table).
+/// Loads the PKCS#8 PEM private key at `path` under the agent's rule for secret files
+/// ([`crate::secret_file`]): a leaked key lets anyone write into the table.
 pub fn load_private_key(path: &Path) -> Result<KeyPair, SnowpipeError> {
     let err = |message: String| SnowpipeError::Key {
         path: path.to_path_buf(),
         message,
     };
-    let meta = std::fs::metadata(path).map_err(|e| err(format!("cannot read: {e}")))?;
-    if !meta.is_file() {
-        return Err(err("not a regular file".into()));
-    }
-    check_key_mode(path, &meta).map_err(err)?;
-    let pem = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
+    let pem = crate::secret_file::read_secret_file(path).map_err(|e| err(e.to_string()))?;
     let private = parse_private_key_pem(&pem).map_err(err)?;
     KeyPair::from_private_key(&private).map_err(err)
 }
@@ -329,25 +324,6 @@ pub fn write_private_key(path: &Path, key: &RsaPrivateKey) -> Result<(), Snowpip
     file.write_all(pem.as_bytes())
         .and_then(|()| file.sync_all())
         .map_err(|e| err(format!("cannot write: {e}")))
-}
-
-#[cfg(unix)]
-fn check_key_mode(path: &Path, meta: &std::fs::Metadata) -> Result<(), String> {
-    use std::os::unix::fs::PermissionsExt;
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(format!(
-            "permissions {mode:04o} let group/others access the private key; refusing it. \
-             Fix: `chmod 600 {}` (owned by the agent's user)",
-            path.display()
-        ));
-    }
-    Ok(())
-}
-
-#[cfg(not(unix))]
-fn check_key_mode(_path: &Path, _meta: &std::fs::Metadata) -> Result<(), String> {
-    Ok(())
 }
 
 /// Normalises the configured account for `iss`/`sub` (wire docs): the text before the first
