@@ -6,6 +6,7 @@
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
 use std::process::{Child, Command};
 use std::time::Duration;
 
@@ -80,13 +81,9 @@ fn doctor(rig: &Rig) -> String {
     let dir = rig.dir.path();
     let bin = dir.join("badge-agent-doctor");
     std::fs::copy(env!("CARGO_BIN_EXE_badge-agent-e2e"), &bin).unwrap();
-    let mut cmd = if std::fs::metadata(dir).unwrap().uid() == 0 {
-        let chown = Command::new("chown")
-            .args(["-R", "65534:65534"])
-            .arg(dir)
-            .status()
-            .expect("chown (coreutils) must be installed");
-        assert!(chown.success(), "chown -R 65534 {}", dir.display());
+    let as_root = std::fs::metadata(dir).unwrap().uid() == 0;
+    let mut cmd = if as_root {
+        chown_recursive(dir, "65534:65534");
         let mut c = Command::new("setpriv");
         c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
             .arg(&bin);
@@ -102,8 +99,21 @@ fn doctor(rig: &Rig) -> String {
         .env("NO_PROXY", "127.0.0.1")
         .output()
         .unwrap();
+    if as_root {
+        // Back to the agent's user (root here): the agent refuses a key file another user owns.
+        chown_recursive(dir, "0:0");
+    }
     assert!(!out.status.success(), "doctor must fail on a bad key");
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn chown_recursive(dir: &Path, owner: &str) {
+    let chown = Command::new("chown")
+        .args(["-R", owner])
+        .arg(dir)
+        .status()
+        .expect("chown (coreutils) must be installed");
+    assert!(chown.success(), "chown -R {owner} {}", dir.display());
 }
 
 #[test]
