@@ -479,6 +479,27 @@ pub struct ReaderSpec {
     pub source: ReaderSource,
 }
 
+#[cfg(test)]
+impl ReaderSpec {
+    /// A simulated reader `lobby` in zone `z1`, door `d1`, direction in: the fixture of the row and
+    /// reader tests.
+    pub(crate) fn example() -> Self {
+        ReaderSpec {
+            id: "lobby".into(),
+            zone: Some("z1".into()),
+            door: Some("d1".into()),
+            direction: Some(Direction::In),
+            dedup_window: Duration::from_millis(1500),
+            source: ReaderSource::Simulated(Script {
+                rate_per_sec: 1.0,
+                count: None,
+                facility: 1,
+                population: 1,
+            }),
+        }
+    }
+}
+
 /// Kind-specific, validated reader settings: each kind's own settings type, owned by its reader
 /// module.
 #[derive(Debug, Clone, PartialEq)]

@@ -352,28 +352,16 @@ mod tests {
         }
     }
 
-    fn spec() -> ReaderSpec {
-        ReaderSpec {
-            id: "lobby".into(),
-            zone: Some("z1".into()),
-            door: Some("d1".into()),
-            direction: Some(Direction::In),
-            dedup_window: std::time::Duration::from_millis(1500),
-            source: crate::config::ReaderSource::Simulated(crate::readers::simulated::Script {
-                rate_per_sec: 1.0,
-                count: None,
-                facility: 1,
-                population: 1,
-            }),
-        }
-    }
-
     #[test]
     fn card_event_fills_every_credential_field() {
         let bits = Bits::from_bit_str("10111101100010001110101110").unwrap();
         let card = decode(FormatChoice::Auto, bits).unwrap();
-        let rec =
-            SwipeRecord::from_event(&spec(), &ReaderEvent::Card(card), 1_700_000_000_123, true);
+        let rec = SwipeRecord::from_event(
+            &ReaderSpec::example(),
+            &ReaderEvent::Card(card),
+            1_700_000_000_123,
+            true,
+        );
         assert_eq!(rec.event_type, EventType::Card);
         assert_eq!(rec.credential.as_deref(), Some("H10301:123:4567"));
         assert_eq!(rec.format.as_deref(), Some("H10301"));
@@ -394,7 +382,7 @@ mod tests {
         // H10301 frame with a flipped parity bit.
         let bits = Bits::from_bit_str("00111101100010001110101110").unwrap();
         let fault = ReaderEvent::from(decode(FormatChoice::Auto, bits).unwrap_err());
-        let rec = SwipeRecord::from_event(&spec(), &fault, 0, false);
+        let rec = SwipeRecord::from_event(&ReaderSpec::example(), &fault, 0, false);
         assert_eq!(rec.event_type, EventType::ReaderFault);
         assert_eq!(rec.credential, None);
         assert!(rec.detail.as_deref().unwrap().contains("parity"), "{rec:?}");
@@ -404,7 +392,7 @@ mod tests {
     #[test]
     fn pin_event_keeps_only_the_length() {
         let pin = reader_protocol::wiegand::Pin::from_digits(&[1, 2, 3, 4]).unwrap();
-        let rec = SwipeRecord::from_event(&spec(), &ReaderEvent::Pin(pin), 0, true);
+        let rec = SwipeRecord::from_event(&ReaderSpec::example(), &ReaderEvent::Pin(pin), 0, true);
         assert_eq!(rec.event_type, EventType::Pin);
         assert_eq!(rec.detail.as_deref(), Some("pin_length=4"));
         let line = String::from_utf8(rec.to_json_line("gw", 1)).unwrap();
@@ -416,8 +404,13 @@ mod tests {
 
     #[test]
     fn reader_status_has_the_readers_place_and_no_credential() {
-        let rec =
-            SwipeRecord::reader_status(&spec(), EventType::Tamper, "cover open".into(), 9, true);
+        let rec = SwipeRecord::reader_status(
+            &ReaderSpec::example(),
+            EventType::Tamper,
+            "cover open".into(),
+            9,
+            true,
+        );
         let line = String::from_utf8(rec.to_json_line("gw", 3)).unwrap();
         let expected = format!(
             r#"{{"gateway_id":"gw","seq":3,"event_id":"gw:3","reader_id":"lobby","zone_id":"z1","door_id":"d1","direction":"in","event_type":"tamper","credential":null,"format":null,"facility_code":null,"card_number":null,"raw_bits":null,"bit_count":null,"detail":"cover open","swiped_at":"1970-01-01T00:00:00.009Z","clock_synced":true,"agent_version":"{AGENT_VERSION}"}}"#

@@ -402,23 +402,6 @@ impl Reconnect {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::row::Direction;
-
-    fn spec() -> ReaderSpec {
-        ReaderSpec {
-            id: "lobby".into(),
-            zone: Some("z1".into()),
-            door: Some("d1".into()),
-            direction: Some(Direction::In),
-            dedup_window: Duration::from_millis(1500),
-            source: ReaderSource::Simulated(simulated::Script {
-                rate_per_sec: 1.0,
-                count: None,
-                facility: 1,
-                population: 1,
-            }),
-        }
-    }
 
     #[tokio::test]
     async fn a_reader_task_that_dies_is_a_readiness_failure_and_is_restarted() {
@@ -432,7 +415,7 @@ mod tests {
         );
         let health = Health::new("gw", "0.1.0", "dev");
         health.set_ready(true);
-        let mut doomed = spec();
+        let mut doomed = ReaderSpec::example();
         // What `validate` now refuses: the simulated reader's period overflows a Duration.
         doomed.source = ReaderSource::Simulated(simulated::Script {
             rate_per_sec: 1e-300,
