@@ -14,6 +14,7 @@ const TIMING: BusTiming = BusTiming {
     poll_interval_ms: 50,
     reply_timeout_ms: 200,
     offline_after_ms: 1000,
+    offline_after_tries: 1,
     retry_offline_ms: 500,
 };
 
@@ -185,6 +186,50 @@ fn a_silent_pd_goes_off_line_once_and_does_not_stall_the_other() {
         ),
         "{offline:?}"
     );
+}
+
+/// A scan must not miss a reader whose first replies are lost or late, and must give up on an
+/// empty address after a fixed number of tries.
+#[test]
+fn a_scan_finds_a_reader_that_answers_late_and_gives_up_on_an_empty_address() {
+    let tries = u64::from(BusTiming::scan().offline_after_tries);
+    let mut cp = ControlPanel::new(BusTiming::scan(), vec![plain(1), plain(2)]).unwrap();
+    let mut sent_to = [0u64; 3];
+    let mut evs = Vec::new();
+    let mut now = 0;
+    while now < 10_000 {
+        cp.handle_timeout(now);
+        if let Some(bytes) = cp.poll_transmit(now, [0; 8]) {
+            let (addr, sqn, code) = sent(&bytes);
+            sent_to[usize::from(addr)] += 1;
+            // PD 1 answers its last try, late, and then everything; PD 2 is not there.
+            if addr == 1 && sent_to[1] >= tries {
+                let answer = match code {
+                    0x61 => reply(1, sqn, 0x45, &PDID),
+                    0x62 => reply(1, sqn, 0x46, &CAPS_PLAIN),
+                    0x64 => reply(1, sqn, 0x48, &[0, 0]),
+                    _ => reply(1, sqn, 0x40, &[]),
+                };
+                cp.handle_rx(&answer, now + 150);
+            }
+        }
+        evs.extend(events(&mut cp));
+        now += 10;
+    }
+    assert!(
+        evs.iter()
+            .any(|e| matches!(e, CpEvent::Capabilities { addr: 1, .. })),
+        "{evs:?}"
+    );
+    let offline: Vec<_> = evs
+        .iter()
+        .filter(|e| matches!(e, CpEvent::Offline { .. }))
+        .collect();
+    assert!(
+        matches!(offline.as_slice(), [CpEvent::Offline { addr: 2, .. }]),
+        "{offline:?}"
+    );
+    assert_eq!(sent_to[2], tries, "address 2 polled {} times", sent_to[2]);
 }
 
 #[test]

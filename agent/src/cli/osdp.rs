@@ -183,12 +183,7 @@ async fn drive(
 }
 
 async fn scan(device: &Path, baud: u32, addresses: &[u8]) -> anyhow::Result<ExitCode> {
-    let timing = BusTiming {
-        reply_timeout_ms: 100,
-        offline_after_ms: 150,
-        retry_offline_ms: 3_600_000,
-        ..BusTiming::default()
-    };
+    let timing = BusTiming::scan();
     let pds = addresses
         .iter()
         .map(|&address| PdSettings {
@@ -199,7 +194,9 @@ async fn scan(device: &Path, baud: u32, addresses: &[u8]) -> anyhow::Result<Exit
     let mut cp = ControlPanel::new(timing, pds)?;
     let mut remaining: std::collections::BTreeSet<u8> = addresses.iter().copied().collect();
     let mut found = 0;
-    let limit = Duration::from_millis(400 * addresses.len() as u64 + 2000);
+    // The bus is polled one address at a time: an empty one costs its unanswered tries.
+    let per_address = u64::from(timing.offline_after_tries) * timing.reply_timeout_ms;
+    let limit = Duration::from_millis(per_address * addresses.len() as u64 + 2000);
     drive(device, baud, timing, &mut cp, limit, |_, event| {
         match event {
             CpEvent::Identified { addr, id } => {

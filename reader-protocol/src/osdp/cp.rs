@@ -24,8 +24,11 @@ pub struct BusTiming {
     pub poll_interval_ms: u64,
     /// A command without a reply after this long is sent again (same SQN).
     pub reply_timeout_ms: u64,
-    /// A PD without a valid reply for this long is off line.
+    /// A PD without a valid reply for this long is off line …
     pub offline_after_ms: u64,
+    /// … once it has also left this many commands in a row unanswered (on a bus with silent
+    /// PDs, their timeouts space out each PD's tries).
+    pub offline_after_tries: u32,
     /// An off-line PD (or one whose secure channel failed) is tried again after this long.
     pub retry_offline_ms: u64,
 }
@@ -37,7 +40,23 @@ impl Default for BusTiming {
             poll_interval_ms: 50,
             reply_timeout_ms: 200,
             offline_after_ms: 8000,
+            offline_after_tries: 1,
             retry_offline_ms: 1000,
+        }
+    }
+}
+
+impl BusTiming {
+    /// For a technician's scan of a bus: the spec's 200 ms reply delay, and an address counts
+    /// as empty only after 3 unanswered polls, so one late or garbled reply does not hide a
+    /// reader. Empty addresses are not tried again.
+    pub const fn scan() -> Self {
+        Self {
+            poll_interval_ms: 50,
+            reply_timeout_ms: 200,
+            offline_after_ms: 0,
+            offline_after_tries: 3,
+            retry_offline_ms: u64::MAX,
         }
     }
 }
@@ -400,6 +419,8 @@ struct Link {
     online: bool,
     /// Start of the current attempt to reach the PD (for the off-line threshold before any reply).
     since_ms: Option<u64>,
+    /// Commands left unanswered since the last valid reply.
+    unanswered: u32,
     next_poll_ms: u64,
     queue: VecDeque<Command>,
     stats: LinkStats,
@@ -418,6 +439,7 @@ impl Link {
             sc: Sc::None,
             online: false,
             since_ms: None,
+            unanswered: 0,
             next_poll_ms: 0,
             queue: VecDeque::new(),
             stats: LinkStats::default(),
@@ -433,6 +455,7 @@ impl Link {
         self.sc = Sc::None;
         self.online = false;
         self.since_ms = None;
+        self.unanswered = 0;
         self.queue.clear();
         self.pending = None;
     }
@@ -752,10 +775,17 @@ impl ControlPanel {
         };
         let i = out.link;
         let link = &mut self.links[i];
-        let reference = link.stats.last_reply_ms.filter(|_| link.online);
-        let since = reference.or(link.since_ms).unwrap_or(now_ms);
+        // Silent since the last reply, or since this attempt began (a reply from before an
+        // earlier outage is older than that, so `max` picks the right one).
+        let since = link
+            .since_ms
+            .max(link.stats.last_reply_ms)
+            .unwrap_or(now_ms);
         let silent_ms = now_ms.saturating_sub(since);
-        if silent_ms >= self.timing.offline_after_ms {
+        link.unanswered = link.unanswered.saturating_add(1);
+        if silent_ms >= self.timing.offline_after_ms
+            && link.unanswered >= self.timing.offline_after_tries
+        {
             let was_online = link.online;
             if was_online {
                 link.stats.offline_transitions += 1;
@@ -768,7 +798,7 @@ impl ControlPanel {
                     silent_ms,
                 });
             }
-            link.restart(now_ms + self.timing.retry_offline_ms);
+            link.restart(now_ms.saturating_add(self.timing.retry_offline_ms));
         } else {
             link.pending = Some((out.bytes, out.command));
         }
@@ -848,6 +878,7 @@ impl ControlPanel {
         let link = &mut self.links[i];
         link.stats.replies += 1;
         link.stats.last_reply_ms = Some(now_ms);
+        link.unanswered = 0;
         link.reported_offline = false;
         link.sqn = link.sqn.next();
 
@@ -898,7 +929,7 @@ impl ControlPanel {
         if link.online {
             link.stats.offline_transitions += 1;
         }
-        link.restart(now_ms + self.timing.retry_offline_ms);
+        link.restart(now_ms.saturating_add(self.timing.retry_offline_ms));
         // The fault row is the outage report; do not add an "offline" one for the same cause.
         link.reported_offline = true;
         self.events.push_back(CpEvent::SecureFault { addr, fault });
@@ -941,7 +972,7 @@ impl ControlPanel {
                     self.secure_fault(i, SecureFault::Refused(code), now_ms);
                 }
                 Phase::Id | Phase::Cap => {
-                    let retry = now_ms + self.timing.retry_offline_ms;
+                    let retry = now_ms.saturating_add(self.timing.retry_offline_ms);
                     self.links[i].restart(retry);
                 }
                 _ => {}
@@ -1036,7 +1067,7 @@ impl ControlPanel {
             (Phase::Online, reply) => self.on_online_reply(i, command, reply),
             // A reply that does not fit the step: start over.
             (_, _) => {
-                let retry = now_ms + self.timing.retry_offline_ms;
+                let retry = now_ms.saturating_add(self.timing.retry_offline_ms);
                 self.links[i].restart(retry);
             }
         }
