@@ -95,11 +95,8 @@ async fn supervise(
         };
         health.set_failed(&part, true);
         health.metrics.reader_error(&spec.id, "task");
-        health.update_reader(&spec.id, |r| {
-            r.connected = false;
-            r.errors += 1;
-            r.last_error = Some(reason.clone());
-        });
+        record_connected(&health, &spec.id, false, Some(reason.clone()));
+        health.update_reader(&spec.id, |r| r.errors += 1);
         let delay = backoff.next_delay();
         tracing::error!(reader = %spec.id, error = %reason, retry_in = ?delay, "reader died; restarting it");
         // The supervisor itself is turning: a process restart would not help, so stay live
@@ -109,6 +106,23 @@ async fn supervise(
             return;
         }
     }
+}
+
+/// Sets a reader's `reader_connected` gauge and its status together, so they never disagree.
+fn record_connected(health: &Health, reader: &str, connected: bool, error: Option<String>) {
+    health
+        .metrics
+        .reader_connected
+        .get_or_create(&crate::health::metrics::ReaderLabel {
+            reader: reader.to_owned(),
+        })
+        .set(i64::from(connected));
+    health.update_reader(reader, |r| {
+        r.connected = connected;
+        if error.is_some() {
+            r.last_error = error;
+        }
+    });
 }
 
 /// Spawns the reader's own task.
@@ -173,20 +187,7 @@ impl Emitter {
 
     /// Records whether the device is open.
     pub fn set_connected(&self, connected: bool, error: Option<String>) {
-        let value = i64::from(connected);
-        self.health
-            .metrics
-            .reader_connected
-            .get_or_create(&crate::health::metrics::ReaderLabel {
-                reader: self.spec.id.clone(),
-            })
-            .set(value);
-        self.health.update_reader(&self.spec.id, |r| {
-            r.connected = connected;
-            if error.is_some() {
-                r.last_error = error;
-            }
-        });
+        record_connected(&self.health, &self.spec.id, connected, error);
     }
 
     /// Counts a reader problem that produced no event (device errors, noise).
@@ -423,6 +424,14 @@ mod tests {
             facility: 1,
             population: 1,
         });
+        let connected = health
+            .metrics
+            .reader_connected
+            .get_or_create(&crate::health::metrics::ReaderLabel {
+                reader: "lobby".to_owned(),
+            })
+            .clone();
+        connected.set(1); // as if the device had been open before the task died
         let (stop_tx, stop_rx) = watch::channel(false);
         let task = spawn(doomed, Arc::clone(&health), committer, stop_rx);
         // First death at once, the restart after 0.5 s dies again.
@@ -441,6 +450,8 @@ mod tests {
         assert_eq!(status.failed, vec!["reader:lobby"]);
         let error = status.readers["lobby"].last_error.clone().unwrap();
         assert!(error.contains("panicked"), "{error}");
+        assert!(!status.readers["lobby"].connected);
+        assert_eq!(connected.get(), 0, "the gauge follows the status");
         stop_tx.send(true).unwrap();
         tokio::time::timeout(Duration::from_secs(5), task)
             .await
