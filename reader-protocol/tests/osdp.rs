@@ -142,6 +142,16 @@ fn bring_up_cap(cp: &mut ControlPanel, addr: u8, now: u64) -> u64 {
     now + 10
 }
 
+/// What a plain PD with no news answers to `code`: ID, CAP, LSTAT (all clear) or ACK.
+fn plain_answer(addr: u8, sqn: u8, code: u8) -> Vec<u8> {
+    match code {
+        0x61 => reply(addr, sqn, 0x45, &PDID),
+        0x62 => reply(addr, sqn, 0x46, &CAPS_PLAIN),
+        0x64 => reply(addr, sqn, 0x48, &[0, 0]),
+        _ => reply(addr, sqn, 0x40, &[]),
+    }
+}
+
 #[test]
 fn a_silent_pd_goes_off_line_once_and_does_not_stall_the_other() {
     let mut cp = ControlPanel::new(TIMING, vec![plain(1), plain(2)]).unwrap();
@@ -154,16 +164,10 @@ fn a_silent_pd_goes_off_line_once_and_does_not_stall_the_other() {
             let (addr, sqn, code) = sent(&bytes);
             if addr == 1 {
                 // PD 1 answers everything plainly.
-                let answer = match code {
-                    0x61 => reply(1, sqn, 0x45, &PDID),
-                    0x62 => reply(1, sqn, 0x46, &CAPS_PLAIN),
-                    0x64 => reply(1, sqn, 0x48, &[0, 0]),
-                    _ => reply(1, sqn, 0x40, &[]),
-                };
                 if code == 0x60 {
                     polls_to_1 += 1;
                 }
-                cp.handle_rx(&answer, now + 2);
+                cp.handle_rx(&plain_answer(1, sqn, code), now + 2);
             }
         }
         offline.extend(
@@ -204,13 +208,7 @@ fn a_scan_finds_a_reader_that_answers_late_and_gives_up_on_an_empty_address() {
             sent_to[usize::from(addr)] += 1;
             // PD 1 answers its last try, late, and then everything; PD 2 is not there.
             if addr == 1 && sent_to[1] >= tries {
-                let answer = match code {
-                    0x61 => reply(1, sqn, 0x45, &PDID),
-                    0x62 => reply(1, sqn, 0x46, &CAPS_PLAIN),
-                    0x64 => reply(1, sqn, 0x48, &[0, 0]),
-                    _ => reply(1, sqn, 0x40, &[]),
-                };
-                cp.handle_rx(&answer, now + 150);
+                cp.handle_rx(&plain_answer(1, sqn, code), now + 150);
             }
         }
         evs.extend(events(&mut cp));
