@@ -336,11 +336,9 @@ fn exchange(
         at: at.to_owned(),
         source,
     };
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(io)?;
+    // One write: `write!` on an unbuffered stream sends each piece of the format separately.
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).map_err(io)?;
     let mut raw = Vec::new();
     stream
         .take(16 * 1024 * 1024)

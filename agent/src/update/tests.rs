@@ -964,9 +964,21 @@ fn serve_once(dir: &Path, status_line: &'static str) -> PathBuf {
     let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
     std::thread::spawn(move || {
         let (mut s, _) = listener.accept().unwrap();
+        // The request may arrive in several pieces (it does under qemu): read to the blank line.
+        let mut request = Vec::new();
         let mut buf = [0u8; 1024];
-        let n = s.read(&mut buf).unwrap();
-        assert!(buf[..n].starts_with(b"GET /readyz HTTP/1.1\r\n"));
+        while !request.ends_with(b"\r\n\r\n") && request.len() < 8192 {
+            let n = s.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            request.extend_from_slice(&buf[..n]);
+        }
+        assert!(
+            request.starts_with(b"GET /readyz HTTP/1.1\r\n"),
+            "{}",
+            String::from_utf8_lossy(&request)
+        );
         let body = "{}";
         let _ = write!(
             s,
