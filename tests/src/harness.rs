@@ -162,27 +162,40 @@ impl Rig {
     }
 
     /// Credentials of the card swipes the agent acknowledged, across all its runs. The agent
-    /// logs no credential, so each acknowledged swipe is matched to a ledger row of the same
-    /// reader and `swiped_at` (one row per acknowledgement: the sequence number is no key, a
-    /// buffer started afresh renumbers its swipes). One not committed yet reads
-    /// `(not committed) <reader> <time>`, so it is named wherever the set falls short.
+    /// logs no credential, so each is read from the ledger row of the acknowledged sequence
+    /// number, after checking that row is the same swipe (same `swiped_at`). One not committed
+    /// yet reads `(not committed) <event id>`, so it is named wherever the set falls short.
     pub fn acknowledged(&self) -> anyhow::Result<BTreeSet<String>> {
-        let mut rows: BTreeMap<SwipeKey, Vec<String>> = BTreeMap::new();
-        for r in self.emulator.ledger(GATEWAY) {
-            let credential = r.row["credential"].as_str().unwrap_or_default().to_owned();
-            rows.entry(row_key(&r.row)).or_default().push(credential);
-        }
+        let ledger: BTreeMap<String, serde_json::Value> = self
+            .emulator
+            .ledger(GATEWAY)
+            .into_iter()
+            .map(|r| {
+                (
+                    r.row["event_id"].as_str().unwrap_or_default().to_owned(),
+                    r.row,
+                )
+            })
+            .collect();
         let mut out = BTreeSet::new();
         for ack in self.acked()?.into_iter().filter(|a| a.event_type == "card") {
             if let Some(credential) = ack.credential {
                 out.insert(credential);
                 continue;
             }
-            let key = ack.key();
-            match rows.get_mut(&key).and_then(Vec::pop) {
-                Some(credential) => out.insert(credential),
-                None => out.insert(format!("(not committed) {} {}", key.0, key.1)),
+            let event_id = format!("{GATEWAY}:{}", ack.seq);
+            let Some(row) = ledger.get(&event_id) else {
+                out.insert(format!("(not committed) {event_id}"));
+                continue;
             };
+            let row_time = row["swiped_at"].as_str();
+            anyhow::ensure!(
+                row_time == ack.swiped_at.as_deref(),
+                "{event_id} was acknowledged for a swipe at {:?} but the ledger holds one at \
+                 {row_time:?}: the acknowledged swipe was lost and its number reused",
+                ack.swiped_at
+            );
+            out.insert(row["credential"].as_str().unwrap_or_default().to_owned());
         }
         Ok(out)
     }
@@ -202,14 +215,12 @@ impl Rig {
     }
 }
 
-/// A swipe the agent logged as durable: `swipe durable reader=… seq=7 event_type="card"
+/// A swipe the agent logged as durable: `swipe durable … seq=7 event_type="card"
 /// swiped_at=2026-…Z`. Agents built before the credential left the log wrote `credential=…`
 /// instead of `swiped_at` (`e2e_upgrade` runs one).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Acked {
-    /// The reader's id.
-    pub reader: String,
-    /// The buffer's sequence number at the time (renumbered if the buffer started afresh).
+    /// The buffer's sequence number (the row's event id is `<gateway>:<seq>`).
     pub seq: u64,
     /// `card`, `pin`, `tamper`, …
     pub event_type: String,
@@ -219,28 +230,11 @@ pub struct Acked {
     pub credential: Option<String>,
 }
 
-/// What identifies a swipe without its credential: reader id and `swiped_at` (ms).
-pub type SwipeKey = (String, String);
-
-impl Acked {
-    /// This swipe's reader and time.
-    pub fn key(&self) -> SwipeKey {
-        (
-            self.reader.clone(),
-            self.swiped_at.clone().unwrap_or_default(),
-        )
-    }
-}
-
-/// Reader and time of a ledger row.
-pub fn row_key(row: &serde_json::Value) -> SwipeKey {
-    let text = |field: &str| row[field].as_str().unwrap_or_default().to_owned();
-    (text("reader_id"), text("swiped_at"))
-}
-
-/// Parses the `swipe durable` lines of an agent log.
+/// Parses the `swipe durable` lines of an agent log. A sequence number acknowledged twice is an
+/// error: the swipe first acknowledged under it was lost.
 pub fn acked_in(log: &Path) -> anyhow::Result<Vec<Acked>> {
     let text = std::fs::read_to_string(log).unwrap_or_default();
+    let mut seen = BTreeSet::new();
     let mut out = Vec::new();
     for line in text.lines().filter(|l| l.contains("swipe durable")) {
         let field = |name: &str| {
@@ -252,8 +246,11 @@ pub fn acked_in(log: &Path) -> anyhow::Result<Vec<Acked>> {
         let seq: u64 = field("seq")
             .and_then(|v| v.parse().ok())
             .with_context(|| format!("no seq in {line:?}"))?;
+        anyhow::ensure!(
+            seen.insert(seq),
+            "seq {seq} acknowledged twice: the swipe first acknowledged under it was lost"
+        );
         out.push(Acked {
-            reader: field("reader").unwrap_or_default(),
             seq,
             event_type: field("event_type").unwrap_or_default(),
             swiped_at: field("swiped_at"),

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use badge_agent::buffer::{Buffer, BufferOptions};
 use badge_agent::row::rfc3339_utc_millis;
 use badge_tests::faults::{build_lazyfs, use_buffer, LazyFs};
-use badge_tests::harness::{kill9, row_key, terminate, Rig, SwipeKey, GATEWAY};
+use badge_tests::harness::{kill9, terminate, Rig, GATEWAY};
 use badge_tests::serial_sim::BadgeWriter;
 use snowpipe_emulator::{FaultAction, FaultRule, Op};
 
@@ -50,21 +50,29 @@ fn check_buffer(rig: &Rig, dir: &Path, cut: &str) -> AfterCut {
     let records = buffer.range_from(0, usize::MAX, usize::MAX).unwrap();
     let committed = buffer.committed();
     drop(buffer);
-    // A swipe is known by its reader and time (the log names no credential).
-    let stored: BTreeSet<SwipeKey> = records
+    // A swipe is known by its sequence number and time (the log names no credential).
+    let stored: BTreeSet<(u64, String)> = records
         .iter()
-        .map(|(_, r)| (r.reader_id.clone(), rfc3339_utc_millis(r.swiped_at_ms)))
+        .map(|(seq, r)| (*seq, rfc3339_utc_millis(r.swiped_at_ms)))
         .collect();
-    let in_ledger: BTreeSet<SwipeKey> = rig
+    let in_ledger: BTreeSet<(u64, String)> = rig
         .emulator
         .ledger(GATEWAY)
         .iter()
-        .map(|r| row_key(&r.row))
+        .filter_map(|r| {
+            Some((
+                r.row["seq"].as_u64()?,
+                r.row["swiped_at"].as_str()?.to_owned(),
+            ))
+        })
         .collect();
     let acked = rig.acked().unwrap();
     let lost: Vec<_> = acked
         .iter()
-        .filter(|a| !stored.contains(&a.key()) && !in_ledger.contains(&a.key()))
+        .filter(|a| {
+            let swipe = (a.seq, a.swiped_at.clone().unwrap_or_default());
+            !stored.contains(&swipe) && !in_ledger.contains(&swipe)
+        })
         .take(10)
         .collect();
     assert!(
