@@ -374,14 +374,19 @@ impl LazyFs {
         }
     }
 
-    /// Sends a fault command (torn-op, torn-seq) and waits until LazyFS accepted it.
+    /// Sends a fault command (torn-op, torn-seq, crash) and waits until LazyFS accepted it.
     pub fn inject(&mut self, command: &str) -> anyhow::Result<()> {
-        let before = self.output().matches("configured successfully").count();
+        // A torn write is acknowledged with the first line, a crash fault with the second.
+        let accepted = |out: &str| {
+            out.matches("configured successfully").count()
+                + out.matches("received: VALID crash fault").count()
+        };
+        let before = accepted(&self.output());
         self.send(command)?;
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let out = self.output();
-            if out.matches("configured successfully").count() > before {
+            if accepted(&out) > before {
                 return Ok(());
             }
             if out.contains("INVALID") {

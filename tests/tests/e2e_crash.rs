@@ -81,6 +81,12 @@ fn every_acknowledged_swipe_lands_exactly_once_across_kill_9() {
         credentials.len(),
         "a swipe was committed twice"
     );
+    // A kill must never leave a database sled calls corrupt: the agent would move the whole
+    // buffer aside, and with it every acknowledged swipe not yet committed.
+    assert!(
+        !rig.agent_log().contains("buffer_quarantined"),
+        "the agent quarantined its buffer after a kill"
+    );
     let lost: Vec<_> = acked.difference(&unique_credentials).collect();
     assert!(lost.is_empty(), "acknowledged swipes missing: {lost:?}");
     let invented: Vec<_> = unique_credentials.difference(&sent).collect();

@@ -2,7 +2,8 @@
 //! and loses every byte not fsynced when told to (method: docs/durability-testing.md). Real pty
 //! serial readers feed the agent; the power is cut (kill -9, then LazyFS drops its unsynced
 //! data) at random moments while it ingests, during an outage, and while it drains a backlog
-//! with deletions in flight; some cuts are torn writes inside a commit instead. After every cut
+//! with deletions in flight; some cuts are torn writes inside a commit instead, and some come
+//! while the agent opens its buffer, inside sled's snapshot write. After every cut
 //! the buffer must open without quarantine and hold every acknowledged swipe that is not yet in
 //! the ledger; at the end the ledger holds every acknowledged swipe exactly once.
 //!
@@ -23,6 +24,9 @@ use snowpipe_emulator::{FaultAction, FaultRule, Op};
 
 /// Cuts while ingesting with the service up (every 3rd a torn write).
 const INGEST_CUTS: u32 = 16;
+/// Cuts while the agent opens its buffer: at every open sled writes its snapshot to
+/// `snap.<lsn>.generating`, fsyncs it and renames it; the power goes right before that fsync.
+const STARTUP_CUTS: u32 = 3;
 /// Cuts while ingesting during an outage: builds a backlog.
 const OUTAGE_CUTS: u32 = 6;
 /// Cuts while that backlog drains (appends slowed down so deletions are often in flight).
@@ -99,10 +103,12 @@ fn acknowledged_swipes_survive_power_cuts_during_ingest_and_drain() {
 
     let mut rng = badge_tests::harness::XorShift(0x5DEE_CE66_D1CE_4E5B);
     let (mut cuts, mut torn_fired, mut torn_tried) = (0u32, 0u32, 0u32);
+    let mut startup_fired = 0u32;
     let mut drain_cuts_deleting = 0u32;
     let mut stored_before = check_buffer(&rig, &buffer_dir, "the first mount");
     let phases = [
         ("ingest", INGEST_CUTS),
+        ("start-up", STARTUP_CUTS),
         ("outage", OUTAGE_CUTS),
         ("drain", DRAIN_CUTS),
     ];
@@ -146,6 +152,23 @@ fn acknowledged_swipes_survive_power_cuts_during_ingest_and_drain() {
                 } else {
                     torn_fired += 1;
                     eprintln!("torn write fired: {command}");
+                }
+            } else if phase == "start-up" {
+                // Swipes since the last open give sled something to put in a new snapshot.
+                std::thread::sleep(Duration::from_millis(300 + rng.below(500)));
+                kill9(&mut agent);
+                fs.inject(r"lazyfs::crash::timing=before::op=fsync::from_rgx=.*\.generating")
+                    .unwrap();
+                let mut reopening = rig.start_agent().unwrap();
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while fs.alive() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                kill9(&mut reopening);
+                if fs.alive() {
+                    fs.clear_cache().unwrap();
+                } else {
+                    startup_fired += 1;
                 }
             } else {
                 let wait = match phase {
@@ -211,9 +234,9 @@ fn acknowledged_swipes_survive_power_cuts_during_ingest_and_drain() {
     let unique_credentials: BTreeSet<_> = credentials.iter().cloned().collect();
     let unique_ids: BTreeSet<_> = event_ids.iter().cloned().collect();
     eprintln!(
-        "{cuts} power cuts ({torn_fired} of {torn_tried} torn writes fired, {drain_cuts_deleting} \
-         of {DRAIN_CUTS} drain cuts after deletions): {} badges presented, {} acknowledged, \
-         {} committed, {:.0} s",
+        "{cuts} power cuts ({torn_fired} of {torn_tried} torn writes fired, {startup_fired} of \
+         {STARTUP_CUTS} inside a snapshot write, {drain_cuts_deleting} of {DRAIN_CUTS} drain \
+         cuts after deletions): {} badges presented, {} acknowledged, {} committed, {:.0} s",
         sent.len(),
         acked.len(),
         credentials.len(),
@@ -248,6 +271,10 @@ fn acknowledged_swipes_survive_power_cuts_during_ingest_and_drain() {
         acked.len()
     );
     assert!(torn_fired >= 2, "torn writes fired {torn_fired} times");
+    assert!(
+        startup_fired >= 2,
+        "cuts inside a snapshot write fired {startup_fired} times"
+    );
     assert!(
         drain_cuts_deleting >= DRAIN_CUTS / 3,
         "only {drain_cuts_deleting} drain cuts happened after deletions"

@@ -390,6 +390,46 @@ fn buffer_second_open_is_locked_not_quarantined() {
     );
 }
 
+/// Every open writes sled's snapshot to `snap.<lsn>.generating`, syncs it and renames it; a
+/// kill or power cut before the rename leaves the partial file behind. It must not count as
+/// the newest snapshot: that made the database "corrupt" and the whole buffer, acknowledged
+/// swipes included, was moved aside.
+#[test]
+fn buffer_opens_past_a_snapshot_left_half_written_by_a_kill() {
+    for torn_len in [Some(0usize), Some(7), None] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("buffer");
+        for n in 0..2 {
+            let b = Buffer::open(opts(dir.path())).unwrap();
+            b.append_durable(&[swipe(n)]).unwrap();
+        }
+        let newest = std::fs::read_dir(&path)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name.starts_with("snap."))
+            .max()
+            .expect("sled wrote a snapshot when it was reopened");
+        let lsn = u64::from_str_radix(&newest["snap.".len()..], 16).unwrap();
+        let bytes = std::fs::read(path.join(&newest)).unwrap();
+        let torn = torn_len.map_or(bytes.len() / 2, |n| n.min(bytes.len()));
+        std::fs::write(
+            path.join(format!("snap.{:016X}.generating", lsn + 1)),
+            &bytes[..torn],
+        )
+        .unwrap();
+
+        let b = Buffer::open(opts(dir.path())).unwrap();
+        assert!(
+            b.quarantined_to().is_none(),
+            "a {torn}-byte unfinished snapshot made the buffer look corrupt"
+        );
+        assert_eq!(
+            cards(&b.range_from(0, 10, usize::MAX).unwrap()),
+            vec![(0, 0), (1, 1)]
+        );
+    }
+}
+
 #[test]
 fn buffer_reconcile_renumbers_swipes_taken_before_first_open() {
     let dir = tempfile::tempdir().unwrap();
