@@ -501,7 +501,16 @@ fn cli_scan_and_set_key() {
     let mut sim = PdSim::start(&link, &[PdSpec::install(1), PdSpec::plain(2)]).unwrap();
     let agent = env!("CARGO_BIN_EXE_badge-agent-e2e");
     let scan = std::process::Command::new(agent)
-        .args(["osdp", "scan", "--addresses", "1-3", "--device"])
+        // LibOSDP's Python PDs answer late when the machine is busy (CI runs tests in parallel).
+        .args([
+            "osdp",
+            "scan",
+            "--addresses",
+            "1-3",
+            "--reply-timeout-ms",
+            "1000",
+        ])
+        .arg("--device")
         .arg(&link)
         .output()
         .unwrap();

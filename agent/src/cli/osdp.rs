@@ -35,6 +35,10 @@ pub enum OsdpCommand {
         /// Addresses to try, e.g. `0-126` or `1,2,5`.
         #[arg(long, default_value = "0-126")]
         addresses: String,
+        /// How long to wait for each reply; raise it for readers that answer late.
+        #[arg(long, default_value_t = BusTiming::scan().reply_timeout_ms,
+              value_parser = clap::value_parser!(u64).range(50..=5000))]
+        reply_timeout_ms: u64,
     },
     /// Give a reader a new secure-channel key (osdp_KEYSET) and check it connects with it.
     SetKey {
@@ -70,9 +74,14 @@ pub fn run(args: &OsdpArgs) -> anyhow::Result<ExitCode> {
             device,
             baud,
             addresses,
+            reply_timeout_ms,
         } => {
             let addresses = parse_addresses(addresses)?;
-            runtime()?.block_on(scan(device, *baud, &addresses))
+            let timing = BusTiming {
+                reply_timeout_ms: *reply_timeout_ms,
+                ..BusTiming::scan()
+            };
+            runtime()?.block_on(scan(device, *baud, timing, &addresses))
         }
         OsdpCommand::SetKey {
             device,
@@ -182,8 +191,12 @@ async fn drive(
     Ok(false)
 }
 
-async fn scan(device: &Path, baud: u32, addresses: &[u8]) -> anyhow::Result<ExitCode> {
-    let timing = BusTiming::scan();
+async fn scan(
+    device: &Path,
+    baud: u32,
+    timing: BusTiming,
+    addresses: &[u8],
+) -> anyhow::Result<ExitCode> {
     let pds = addresses
         .iter()
         .map(|&address| PdSettings {
@@ -194,10 +207,11 @@ async fn scan(device: &Path, baud: u32, addresses: &[u8]) -> anyhow::Result<Exit
     let mut cp = ControlPanel::new(timing, pds)?;
     let mut remaining: std::collections::BTreeSet<u8> = addresses.iter().copied().collect();
     let mut found = 0;
-    // The bus is polled one address at a time: an empty one costs its unanswered tries.
-    let per_address = u64::from(timing.offline_after_tries) * timing.reply_timeout_ms;
+    // The bus is polled one address at a time: an empty one costs its unanswered tries, a reader
+    // about as many exchanges (poll, ID, capabilities, a retry).
+    let per_address = (u64::from(timing.offline_after_tries) + 3) * timing.reply_timeout_ms;
     let limit = Duration::from_millis(per_address * addresses.len() as u64 + 2000);
-    drive(device, baud, timing, &mut cp, limit, |_, event| {
+    let finished = drive(device, baud, timing, &mut cp, limit, |_, event| {
         match event {
             CpEvent::Identified { addr, id } => {
                 found += 1;
@@ -232,6 +246,18 @@ async fn scan(device: &Path, baud: u32, addresses: &[u8]) -> anyhow::Result<Exit
         "{found} reader(s) found on {} at {baud} baud",
         device.display()
     );
+    if !finished {
+        let left: Vec<String> = remaining.iter().map(u8::to_string).collect();
+        bail!(
+            "the scan ran out of time ({} s) before addresses {} answered or gave up; the bus \
+             may be busy (stop the agent first) or the readers slow: try --addresses {} \
+             --reply-timeout-ms {}",
+            limit.as_secs(),
+            left.join(","),
+            left.join(","),
+            timing.reply_timeout_ms.saturating_mul(2).min(5000)
+        );
+    }
     Ok(if found > 0 {
         ExitCode::SUCCESS
     } else {
