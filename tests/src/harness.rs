@@ -1,7 +1,7 @@
 //! End-to-end harness: a key pair, the Snowpipe emulator in-process, pty serial readers, and the
 //! agent binary as a child process that can be killed at any moment.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -156,9 +156,35 @@ impl Rig {
         }
     }
 
-    /// Credentials the agent logged as durable (acknowledged) across all its runs.
+    /// Every swipe the agent logged as durable (acknowledged), across all its runs.
+    pub fn acked(&self) -> anyhow::Result<Vec<Acked>> {
+        acked_in(&self.log)
+    }
+
+    /// Credentials of the card swipes the agent acknowledged, across all its runs. The agent
+    /// logs no credential, so each acknowledged swipe is matched to a ledger row of the same
+    /// reader and `swiped_at` (one row per acknowledgement: the sequence number is no key, a
+    /// buffer started afresh renumbers its swipes). One not committed yet reads
+    /// `(not committed) <reader> <time>`, so it is named wherever the set falls short.
     pub fn acknowledged(&self) -> anyhow::Result<BTreeSet<String>> {
-        acknowledged_in(&self.log)
+        let mut rows: BTreeMap<SwipeKey, Vec<String>> = BTreeMap::new();
+        for r in self.emulator.ledger(GATEWAY) {
+            let credential = r.row["credential"].as_str().unwrap_or_default().to_owned();
+            rows.entry(row_key(&r.row)).or_default().push(credential);
+        }
+        let mut out = BTreeSet::new();
+        for ack in self.acked()?.into_iter().filter(|a| a.event_type == "card") {
+            if let Some(credential) = ack.credential {
+                out.insert(credential);
+                continue;
+            }
+            let key = ack.key();
+            match rows.get_mut(&key).and_then(Vec::pop) {
+                Some(credential) => out.insert(credential),
+                None => out.insert(format!("(not committed) {} {}", key.0, key.1)),
+            };
+        }
+        Ok(out)
     }
 
     /// Credentials of the committed card rows, and event ids of all committed rows.
@@ -176,18 +202,65 @@ impl Rig {
     }
 }
 
-/// Parses `swipe durable … credential=…` log lines.
-pub fn acknowledged_in(log: &Path) -> anyhow::Result<BTreeSet<String>> {
+/// A swipe the agent logged as durable: `swipe durable reader=… seq=7 event_type="card"
+/// swiped_at=2026-…Z`. Agents built before the credential left the log wrote `credential=…`
+/// instead of `swiped_at` (`e2e_upgrade` runs one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acked {
+    /// The reader's id.
+    pub reader: String,
+    /// The buffer's sequence number at the time (renumbered if the buffer started afresh).
+    pub seq: u64,
+    /// `card`, `pin`, `tamper`, …
+    pub event_type: String,
+    /// The row's `swiped_at`, as logged.
+    pub swiped_at: Option<String>,
+    /// Logged by those older agents only; `None` for rows without a credential.
+    pub credential: Option<String>,
+}
+
+/// What identifies a swipe without its credential: reader id and `swiped_at` (ms).
+pub type SwipeKey = (String, String);
+
+impl Acked {
+    /// This swipe's reader and time.
+    pub fn key(&self) -> SwipeKey {
+        (
+            self.reader.clone(),
+            self.swiped_at.clone().unwrap_or_default(),
+        )
+    }
+}
+
+/// Reader and time of a ledger row.
+pub fn row_key(row: &serde_json::Value) -> SwipeKey {
+    let text = |field: &str| row[field].as_str().unwrap_or_default().to_owned();
+    (text("reader_id"), text("swiped_at"))
+}
+
+/// Parses the `swipe durable` lines of an agent log.
+pub fn acked_in(log: &Path) -> anyhow::Result<Vec<Acked>> {
     let text = std::fs::read_to_string(log).unwrap_or_default();
-    Ok(text
-        .lines()
-        .filter(|l| l.contains("swipe durable"))
-        .filter_map(|l| l.split("credential=").nth(1))
-        .filter_map(|rest| rest.split_whitespace().next())
-        .map(|c| c.trim_matches('"').to_owned())
-        // Fault rows (a frame cut by the kill) carry no credential.
-        .filter(|c| c != "-")
-        .collect())
+    let mut out = Vec::new();
+    for line in text.lines().filter(|l| l.contains("swipe durable")) {
+        let field = |name: &str| {
+            line.split(&format!(" {name}="))
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next())
+                .map(|v| v.trim_matches('"').to_owned())
+        };
+        let seq: u64 = field("seq")
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("no seq in {line:?}"))?;
+        out.push(Acked {
+            reader: field("reader").unwrap_or_default(),
+            seq,
+            event_type: field("event_type").unwrap_or_default(),
+            swiped_at: field("swiped_at"),
+            credential: field("credential").filter(|c| c != "-"),
+        });
+    }
+    Ok(out)
 }
 
 /// Kills a child without letting it clean up (power-cut style).

@@ -138,7 +138,7 @@ fn an_ephemeral_health_port_does_not_fail_the_update_gate() {
 }
 
 #[test]
-fn trace_logging_never_dumps_http_traffic() {
+fn trace_logging_never_dumps_http_traffic_or_card_numbers() {
     let rig = Rig::new(
         AGENT,
         "[[reader]]\nid = \"sim\"\nkind = \"simulated\"\nrate_per_sec = 20.0\ncount = 20\n",
@@ -164,6 +164,15 @@ fn trace_logging_never_dumps_http_traffic() {
                 .take(5)
                 .collect::<Vec<_>>()
                 .join("\n")
+        );
+    }
+    // … and no card number: one read from the journal can be replayed at a door.
+    let (credentials, _) = rig.committed();
+    assert_eq!(credentials.len(), 20);
+    for credential in &credentials {
+        assert!(
+            !text.contains(credential.as_str()),
+            "card {credential} in a trace log"
         );
     }
 }

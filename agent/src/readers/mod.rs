@@ -232,7 +232,6 @@ impl Emitter {
             counts_as_swipe: matches!(event, ReaderEvent::Card(_) | ReaderEvent::Pin(_)),
             event_type: record.event_type,
             swiped_at_ms: record.swiped_at_ms,
-            credential: record.credential.clone(),
         };
         self.store(record, report).await
     }
@@ -267,7 +266,6 @@ struct AckReport {
     counts_as_swipe: bool,
     event_type: EventType,
     swiped_at_ms: i64,
-    credential: Option<String>,
 }
 
 impl AckReport {
@@ -287,11 +285,12 @@ impl AckReport {
                         r.last_swipe_ms = Some(self.swiped_at_ms);
                     });
                 }
+                // No credential: a card number read from the journal can be replayed at a door.
                 tracing::debug!(
                     reader = %self.reader,
                     seq,
                     event_type = self.event_type.as_str(),
-                    credential = self.credential.as_deref().unwrap_or("-"),
+                    swiped_at = %crate::row::rfc3339_utc_millis(self.swiped_at_ms),
                     "swipe durable"
                 );
                 Some(seq)
@@ -326,7 +325,6 @@ impl Emitter {
             counts_as_swipe: false,
             event_type,
             swiped_at_ms: record.swiped_at_ms,
-            credential: None,
         };
         self.store(record, report).await
     }
