@@ -3,7 +3,7 @@
 //! durable with one [`Buffer::append_durable`] (on a blocking thread: flush + fsync block), and
 //! only then answers every waiter with its sequence number.
 //!
-//! A group commit can fail for reasons that pass (too many open files, an I/O error, the
+//! A group commit can fail for reasons that pass (too many open files for the fsync pass, the
 //! filesystem reserve reached for a moment). Its swipes are then not dropped: they wait, in
 //! order, in a bounded in-memory **retry queue** and the commit is retried with back-off
 //! ([`Backoff`], [`RetryCore`]: the pure decision part). Swipes arriving meanwhile queue behind
