@@ -399,6 +399,22 @@ impl LazyFs {
         }
     }
 
+    /// The power cut after a fault was armed: waits up to `within` for LazyFS to die of it, kills
+    /// `agent`, and drops the unsynced data itself if the fault never fired. Returns whether it
+    /// fired.
+    pub fn cut_after_fault(&mut self, agent: &mut Child, within: Duration) -> anyhow::Result<bool> {
+        let deadline = Instant::now() + within;
+        while self.alive() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        crate::harness::kill9(agent);
+        if self.alive() {
+            self.clear_cache()?;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
     /// Unmounts (lazily if busy or after LazyFS died) and waits for the process.
     pub fn unmount(&mut self) -> anyhow::Result<()> {
         if mounted(&self.mnt, "fuse.lazyfs") {

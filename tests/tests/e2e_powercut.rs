@@ -148,14 +148,10 @@ fn acknowledged_swipes_survive_power_cuts_during_ingest_and_drain() {
                     db_file.display()
                 );
                 fs.inject(&command).unwrap();
-                let deadline = Instant::now() + Duration::from_secs(4);
-                while fs.alive() && Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                kill9(&mut agent);
-                if fs.alive() {
-                    fs.clear_cache().unwrap();
-                } else {
+                if fs
+                    .cut_after_fault(&mut agent, Duration::from_secs(4))
+                    .unwrap()
+                {
                     torn_fired += 1;
                     eprintln!("torn write fired: {command}");
                 }
@@ -166,14 +162,10 @@ fn acknowledged_swipes_survive_power_cuts_during_ingest_and_drain() {
                 fs.inject(r"lazyfs::crash::timing=before::op=fsync::from_rgx=.*\.generating")
                     .unwrap();
                 let mut reopening = rig.start_agent().unwrap();
-                let deadline = Instant::now() + Duration::from_secs(5);
-                while fs.alive() && Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                kill9(&mut reopening);
-                if fs.alive() {
-                    fs.clear_cache().unwrap();
-                } else {
+                if fs
+                    .cut_after_fault(&mut reopening, Duration::from_secs(5))
+                    .unwrap()
+                {
                     startup_fired += 1;
                 }
             } else {
